@@ -1,0 +1,192 @@
+"""Parsers for the file formats sequential-recommendation datasets ship in.
+
+* ``sequences``: one line per user, ``user item item ...`` (the normalised format; also
+  ICLRec/S3-Rec ``Beauty.txt`` and DV-FSR ``*_after_final.dat``).
+* ``movielens``: MovieLens ``u.data`` (tab separated ``user item rating timestamp``) and
+  ``ratings.dat`` (``user::item::rating::timestamp``); sorted by timestamp (ties by file
+  order) into per-user sequences.
+* ``pairs``: SASRec-style ``user item`` per line, already in interaction order.
+* ``gcl4sr``: GCL4SR's ``user item,item,...`` lines (0-based user ids).
+
+Every parser reports malformed input as :class:`~fedrec.errors.DataFormatError` naming the
+file and 1-based line number.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fedrec.errors import DataFormatError
+
+FORMATS = ("sequences", "movielens", "pairs", "gcl4sr")
+
+
+def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found")
+    with open(path, encoding=encoding, errors="strict") as fh:
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                yield lineno, line.rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(f"{path}: not valid {encoding} text ({exc.reason})") from None
+
+
+def _int(tok: str, path: Path, lineno: int, what: str) -> int:
+    try:
+        return int(tok)
+    except ValueError:
+        raise DataFormatError(
+            f"{path}:{lineno}: {what} {tok!r} is not an integer"
+        ) from None
+
+
+def _check_item(item: int, path: Path, lineno: int) -> None:
+    if item <= 0:
+        raise DataFormatError(
+            f"{path}:{lineno}: item id {item} is not positive (0 is reserved for padding)"
+        )
+
+
+def read_sequences(path: str | Path) -> tuple[list[int], list[np.ndarray]]:
+    """Read ``user item item ...`` lines.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    users : list of int
+        User id of each line.
+    sequences : list of numpy.ndarray
+        Items of each line, in file order.
+
+    Raises
+    ------
+    DataFormatError
+        Missing file, empty line, non-integer token, a user without items, or item id <= 0.
+    """
+    path = Path(path)
+    users: list[int] = []
+    seqs: list[np.ndarray] = []
+    for lineno, line in _lines(path):
+        toks = line.split()
+        if not toks:
+            raise DataFormatError(f"{path}:{lineno}: empty line (expected 'user item item ...')")
+        if len(toks) < 2:
+            raise DataFormatError(f"{path}:{lineno}: user {toks[0]!r} has no items")
+        user = _int(toks[0], path, lineno, "user id")
+        items = [_int(t, path, lineno, "item id") for t in toks[1:]]
+        for it in items:
+            _check_item(it, path, lineno)
+        users.append(user)
+        seqs.append(np.asarray(items, dtype=np.int64))
+    if not seqs:
+        raise DataFormatError(f"{path}: file is empty (expected 'user item item ...' lines)")
+    return users, seqs
+
+
+def read_gcl4sr(path: str | Path) -> tuple[list[int], list[np.ndarray]]:
+    """Read GCL4SR's ``user item,item,...`` lines (user ids 0-based, items 1-based)."""
+    path = Path(path)
+    users: list[int] = []
+    seqs: list[np.ndarray] = []
+    for lineno, line in _lines(path):
+        parts = line.split(" ", 1)
+        if len(parts) != 2 or not parts[1].strip():
+            raise DataFormatError(f"{path}:{lineno}: expected 'user item,item,...'")
+        user = _int(parts[0], path, lineno, "user id")
+        items = [_int(t, path, lineno, "item id") for t in parts[1].strip().split(",")]
+        for it in items:
+            _check_item(it, path, lineno)
+        users.append(user + 1)
+        seqs.append(np.asarray(items, dtype=np.int64))
+    if not seqs:
+        raise DataFormatError(f"{path}: file is empty")
+    return users, seqs
+
+
+def read_pairs(path: str | Path) -> tuple[list[int], list[np.ndarray]]:
+    """Read SASRec-style ``user item`` lines (file order is interaction order)."""
+    path = Path(path)
+    by_user: dict[int, list[int]] = defaultdict(list)
+    order: list[int] = []
+    for lineno, line in _lines(path):
+        toks = line.split()
+        if len(toks) != 2:
+            raise DataFormatError(
+                f"{path}:{lineno}: expected 2 fields 'user item', got {len(toks)}"
+            )
+        user = _int(toks[0], path, lineno, "user id")
+        item = _int(toks[1], path, lineno, "item id")
+        _check_item(item, path, lineno)
+        if user not in by_user:
+            order.append(user)
+        by_user[user].append(item)
+    if not order:
+        raise DataFormatError(f"{path}: file is empty")
+    return order, [np.asarray(by_user[u], dtype=np.int64) for u in order]
+
+
+def read_movielens(path: str | Path, min_rating: float | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """Read MovieLens ``u.data`` (tab separated) or ``ratings.dat`` (``::`` separated).
+
+    Each user's ratings are sorted by timestamp; ties keep file order (a stable sort).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``u.data`` or ``ratings.dat``.
+    min_rating : float, optional
+        Keep only ratings >= this value (implicit-feedback conversion); default keeps all.
+    """
+    path = Path(path)
+    sep = "::" if path.name.endswith(".dat") else None
+    rows: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    n = 0
+    for lineno, line in _lines(path, encoding="latin-1"):
+        toks = line.split(sep) if sep else line.split()
+        if not line.strip():
+            raise DataFormatError(f"{path}:{lineno}: empty line (expected user, item, rating, timestamp)")
+        if len(toks) != 4:
+            raise DataFormatError(
+                f"{path}:{lineno}: expected 4 fields user, item, rating, timestamp; got {len(toks)}"
+            )
+        user = _int(toks[0], path, lineno, "user id")
+        item = _int(toks[1], path, lineno, "item id")
+        _check_item(item, path, lineno)
+        try:
+            rating = float(toks[2])
+        except ValueError:
+            raise DataFormatError(f"{path}:{lineno}: rating {toks[2]!r} is not a number") from None
+        ts = _int(toks[3], path, lineno, "timestamp")
+        if min_rating is not None and rating < min_rating:
+            continue
+        rows[user].append((ts, n, item))
+        n += 1
+    if not rows:
+        raise DataFormatError(f"{path}: no ratings read")
+    users = sorted(rows)
+    seqs = [np.asarray([it for _, _, it in sorted(rows[u])], dtype=np.int64) for u in users]
+    return users, seqs
+
+
+READERS = {
+    "sequences": read_sequences,
+    "movielens": read_movielens,
+    "pairs": read_pairs,
+    "gcl4sr": read_gcl4sr,
+}
+
+
+def read_file(path: str | Path, fmt: str) -> tuple[list[int], list[np.ndarray]]:
+    """Read ``path`` in format ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt not in READERS:
+        raise DataFormatError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return READERS[fmt](path)
