@@ -1,0 +1,149 @@
+"""Coordinate-wise median and trimmed mean.
+
+Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning: Towards Optimal
+Statistical Rates", ICML 2018 (arXiv:1803.01498).
+
+Both rules are unweighted (example counts are ignored, as in the paper and in Flower's
+``FedMedian`` / ``FedTrimmedAvg``). Conventions, chosen to match numpy / Flower exactly:
+
+* median: for an even number of values, the mean of the two middle values (``np.median``);
+* trimmed mean with fraction ``beta``: ``k = int(beta * n)`` values are removed at *each* end of
+  every coordinate and the remaining ``n - 2k`` are averaged (``scipy.stats.trim_mean`` and
+  ``flwr.serverapp.strategy.fedtrimmedavg.trim_mean`` use the same ``k``).
+
+Bounded influence: the median tolerates ``f < n/2`` arbitrary clients per coordinate, the
+trimmed mean ``f <= k`` (its output always lies between the (k+1)-th smallest and the (k+1)-th
+largest value of each coordinate). Updates are assumed finite.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fedrec.errors import ConfigError
+
+from .base import AggregationContext, AggregationInfo, Defense, Stacked, all_kept
+
+__all__ = ["Median", "TrimmedMean", "coordinate_median", "coordinate_trimmed_mean", "trim_count"]
+
+
+def coordinate_median(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Median of every column of ``x`` (numpy convention for even ``n``).
+
+    Parameters
+    ----------
+    x : Tensor
+        ``[n, N]``.
+
+    Returns
+    -------
+    median : Tensor
+        ``[N]`` in the dtype of ``x``.
+    shares : Tensor
+        ``float64[n]``: summed over columns, the weight of each row in the column's median
+        (1 for the middle value, 1/2 each for the two middle values when ``n`` is even).
+    """
+    n = x.shape[0]
+    lo = x.median(dim=0)
+    shares = torch.bincount(lo.indices, minlength=n).to(torch.float64)
+    if n % 2 == 1:
+        return lo.values, shares
+    hi = (-x).median(dim=0)  # upper middle value of x, negated
+    shares = 0.5 * (shares + torch.bincount(hi.indices, minlength=n).to(torch.float64))
+    return (lo.values - hi.values) / 2, shares
+
+
+def trim_count(beta: float, n: int) -> int:
+    """Number of values removed at each end: ``int(beta * n)`` (as numpy/scipy/Flower)."""
+    return int(beta * n)
+
+
+def coordinate_trimmed_mean(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Mean of every column of ``x`` after removing its ``k`` smallest and ``k`` largest values.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``[n, N]``.
+    k : int
+        Values removed at each end, ``0 <= 2k < n``.
+
+    Returns
+    -------
+    mean : Tensor
+        ``[N]`` in the dtype of ``x`` (accumulated in float64).
+    shares : Tensor
+        ``float64[n]``: summed over columns, ``1 / (n - 2k)`` for each kept value.
+
+    Raises
+    ------
+    ValueError
+        If ``2k >= n``.
+    """
+    n, cols = x.shape
+    if not 0 <= 2 * k < n:
+        raise ValueError(f"trimmed mean: need 0 <= 2k < n, got k={k}, n={n}")
+    total = x.sum(dim=0, dtype=torch.float64)
+    trimmed = torch.zeros(n, dtype=torch.float64)
+    if k > 0:
+        hi = x.topk(k, dim=0, largest=True)
+        lo = x.topk(k, dim=0, largest=False)
+        total -= hi.values.sum(dim=0, dtype=torch.float64)
+        total -= lo.values.sum(dim=0, dtype=torch.float64)
+        trimmed += torch.bincount(hi.indices.reshape(-1), minlength=n).to(torch.float64)
+        trimmed += torch.bincount(lo.indices.reshape(-1), minlength=n).to(torch.float64)
+    shares = (cols - trimmed) / (n - 2 * k)
+    return (total / (n - 2 * k)).to(x.dtype), shares
+
+
+def _per_param(stacked: Stacked, fn) -> tuple[dict[str, Tensor], Tensor, int]:
+    out: dict[str, Tensor] = {}
+    shares: Tensor | None = None
+    cols = 0
+    for key, x in stacked.items():
+        n = x.shape[0]
+        value, s = fn(x.reshape(n, -1))
+        out[key] = value.reshape(x.shape[1:])
+        shares = s if shares is None else shares + s
+        cols += value.numel()
+    assert shares is not None
+    return out, shares, cols
+
+
+class Median(Defense):
+    """Coordinate-wise median (Yin et al., ICML 2018); unweighted, tolerates ``f < n/2``."""
+
+    name = "median"
+
+    def _aggregate(
+        self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
+    ) -> tuple[dict[str, Tensor], AggregationInfo]:
+        out, shares, cols = _per_param(stacked, coordinate_median)
+        return out, AggregationInfo(all_kept(weights.shape[0]), shares / cols, {})
+
+
+class TrimmedMean(Defense):
+    """Coordinate-wise trimmed mean (Yin et al., ICML 2018); unweighted.
+
+    Parameters
+    ----------
+    beta : float (default: 0.2)
+        Fraction trimmed at each end, ``0 <= beta < 0.5``; ``int(beta * n)`` values per end
+        (identical to Flower's ``FedTrimmedAvg(beta)``).
+    """
+
+    name = "trimmed_mean"
+
+    def __init__(self, beta: float = 0.2) -> None:
+        if not 0.0 <= beta < 0.5:
+            raise ConfigError(f"defense.trimmed_mean.beta={beta}: expected 0 <= beta < 0.5")
+        self.beta = float(beta)
+
+    def _aggregate(
+        self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
+    ) -> tuple[dict[str, Tensor], AggregationInfo]:
+        n = weights.shape[0]
+        k = trim_count(self.beta, n)
+        out, shares, cols = _per_param(stacked, lambda x: coordinate_trimmed_mean(x, k))
+        return out, AggregationInfo(all_kept(n), shares / cols, {"trimmed_per_side": float(k)})

@@ -1,0 +1,329 @@
+"""Experiment configuration: YAML → validated, typed objects.
+
+An experiment is one YAML file (see README "Config reference"). ``load_config`` reads it,
+applies ``--set a.b=value`` overrides, and validates everything with pydantic; an unknown key,
+a wrong type or an out-of-range value is reported as a single :class:`ConfigError` line that
+names the key (with a suggestion for likely typos).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedrec.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class SyntheticConfig(Section):
+    """Parameters of the synthetic generator (:mod:`fedrec.data.synthetic`)."""
+
+    n_users: int = Field(1000, ge=1)
+    n_items: int = Field(500, ge=10)
+    n_interests: int = Field(10, ge=1)
+    mean_len: float = Field(20.0, gt=0)
+    min_len: int = Field(5, ge=3)
+    max_len: int = Field(200, ge=3)
+    zipf_a: float = Field(1.1, ge=0)
+    n_successors: int = Field(4, ge=1)
+    markov: float = Field(0.7, ge=0, le=1)
+    switch: float = Field(0.3, ge=0, le=1)
+    interest_alpha: float = Field(0.3, gt=0)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    """Which dataset and how to preprocess it."""
+
+    name: str = "synthetic"
+    path: str | None = None
+    format: Literal["sequences", "movielens", "pairs", "gcl4sr"] = "sequences"
+    root: str | None = None
+    kcore: int = Field(0, ge=0)
+    min_len: int = Field(3, ge=3)
+    truncate: int | None = Field(None, ge=3)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class ModelConfig(Section):
+    """Model architecture and loss."""
+
+    name: Literal["sasrec", "bert4rec", "gru4rec"] = "sasrec"
+    hidden: int = Field(64, ge=1)
+    blocks: int = Field(2, ge=1)
+    heads: int = Field(1, ge=1)
+    layers: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    attn_dropout: float | None = Field(None, ge=0, lt=1)
+    max_len: int = Field(50, ge=2)
+    loss: Literal["bce", "ce"] | None = None
+    n_neg: int = Field(1, ge=1)
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`fedrec.models.build_model`."""
+        common = {"hidden": self.hidden, "dropout": self.dropout, "max_len": self.max_len}
+        if self.name == "sasrec":
+            kw = {**common, "blocks": self.blocks, "heads": self.heads,
+                  "attn_dropout": self.attn_dropout, "loss_type": self.loss or "bce",
+                  "n_neg": self.n_neg}
+        elif self.name == "bert4rec":
+            kw = {**common, "blocks": self.blocks, "heads": self.heads,
+                  "attn_dropout": self.attn_dropout, "mask_prob": self.mask_prob,
+                  "loss_type": self.loss or "ce"}
+        else:
+            kw = {**common, "layers": self.layers, "loss_type": self.loss or "bce",
+                  "n_neg": self.n_neg}
+        return kw
+
+
+class TrainConfig(Section):
+    """Centralized training (``mode: centralized``)."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(5, ge=1)
+    eval_every: int = Field(1, ge=1)
+    metric: str = "full/NDCG@10"
+
+
+class EvalConfig(Section):
+    """Evaluation protocol (both protocols are reported by default)."""
+
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    full: bool = True
+    sampled: bool = True
+    n_negatives: int = Field(100, ge=1)
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    exclude_history: bool = True
+    seed: int = 0
+    batch_users: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ValueError("ks: expected a non-empty list of positive integers")
+        if not (self.full or self.sampled):
+            raise ValueError("full/sampled: at least one protocol must be enabled")
+        return self
+
+
+class FederationConfig(Section):
+    """Federated training (``mode: federated``)."""
+
+    protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
+    epochs: int | None = Field(3, ge=1)
+    rounds: int | None = Field(None, ge=1)
+    clients_per_round: int = Field(256, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    local_lr: float = Field(0.01, gt=0)
+    server_lr: float = Field(1e-3, gt=0)
+    server_optimizer: Literal["sgd", "adam"] = "sgd"
+    server_betas: tuple[float, float] = (0.9, 0.999)
+    lr_decay: float = Field(1.0, gt=0, le=1)
+    lr_decay_every: int = Field(5, ge=1)
+    engine: Literal["local", "flower"] = "local"
+    ray_address: str = "local"
+    cpus_per_client: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(1, ge=1)
+    eval_every: int = Field(1, ge=1)
+    eval_unit: Literal["epoch", "round"] = "epoch"
+    client_eval: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        if self.epochs is None and self.rounds is None:
+            raise ValueError("epochs/rounds: set one of them")
+        return self
+
+
+class TargetConfig(Section):
+    """Which items the attacker promotes (also used for ER@K when no attack runs)."""
+
+    select: Literal["least_popular", "bucket", "ids", "none"] = "least_popular"
+    n: int = Field(1, ge=1)
+    bucket: tuple[float, float] = (0.0, 0.1)
+    ids: list[int] = Field(default_factory=list)
+    seed: int = 0
+
+
+class KnowledgeConfig(Section):
+    """What the attacker knows beyond the global model and its own accounts' histories."""
+
+    popularity: bool = False
+    public_fraction: float = Field(0.0, ge=0, le=1)
+
+
+class AttackConfig(Section):
+    """Threat model and attack."""
+
+    name: str = "none"
+    fraction: float = Field(0.001, ge=0, lt=1)
+    mode: Literal["add", "replace"] = "add"
+    targets: TargetConfig = Field(default_factory=TargetConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    scale: float = Field(1.0, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DefenseConfig(Section):
+    """Server aggregation rule."""
+
+    name: str = "mean"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExperimentConfig(Section):
+    """A whole experiment."""
+
+    name: str = "experiment"
+    mode: Literal["centralized", "federated"] = "centralized"
+    seed: int = 0
+    output_dir: str = "runs"
+    threads: int | None = Field(None, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    defense: DefenseConfig = Field(default_factory=DefenseConfig)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value parsed as YAML) into a key path and a value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. model.hidden=64")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config dict (in place; also returned)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def _suggest(loc: tuple, model: type[BaseModel]) -> str:
+    """A 'did you mean' hint for an unknown key at ``loc``."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        else:
+            return ""
+    names = list(getattr(cls, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str = "config") -> str:
+    """Turn the first pydantic error into one line naming the key."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}{_suggest(loc, model)}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    given = err.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{source}: {key}: {msg}{shown}"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a raw dict into an :class:`ExperimentConfig` (one-line ConfigError on failure)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, ExperimentConfig, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with file/line in the error on a syntax error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load, override and validate an experiment config.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        YAML file; its stem is the default run name.
+    overrides : list of str
+        ``a.b=value`` strings applied after loading.
+    base : dict, optional
+        A raw dict to start from instead of a file.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the offending key.
+    """
+    raw = dict(base or {})
+    source = "config"
+    if path is not None:
+        raw = read_yaml(path)
+        source = str(path)
+        raw.setdefault("name", Path(path).stem)
+    apply_overrides(raw, list(overrides or []))
+    return validate_config(raw, source)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
