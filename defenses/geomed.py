@@ -1,0 +1,199 @@
+"""Geometric median (RFA) and the DV-FSR mean / geometric-median blend.
+
+* Geometric median by smoothed Weiszfeld iterations: Pillutla, Kakade, Harchaoui, "Robust
+  Aggregation for Federated Learning", IEEE Transactions on Signal Processing 70, 2022
+  (arXiv:1912.13445).
+* Hybrid ``mean_weight * mean + (1 - mean_weight) * geometric_median``: Qin et al., "Dual-View
+  Target Attack on Federated Sequential Recommendation" (DV-FSR), arXiv:2409.07500; the defaults
+  0.3 / 0.7, at most 4 Weiszfeld iterations and relative tolerance 1e-6 follow the authors' code.
+
+Algorithm (weights ``a_i`` = example counts, normalised; vectors = concatenation of all
+parameters)::
+
+    z_0 = sum_i a_i x_i                                 # weighted mean
+    repeat up to max_iter times:
+        b_i = a_i / max(nu, |z - x_i|) ;  z = sum_i b_i x_i / sum_j b_j
+        stop when |F_prev - F| <= tol * F,  F(z) = sum_i a_i |z - x_i|
+
+Every iterate is a convex combination ``z = sum_j c_j x_j`` of the updates, so the distances
+``|z - x_i|^2 = G_ii - 2 (G c)_i + c^T G c`` are computed from the float64 Gram matrix ``G``
+(computed once): each iteration costs ``O(n^2)``, not ``O(n D)``, and the updates are read only
+twice (Gram matrix and final combination).
+
+Detection: ``AggregationInfo.weights`` is the final coefficient vector ``c`` (sums to 1);
+client ``i`` is flagged (``kept=False``) when ``c_i < flag_ratio * a_i``, i.e. when Weiszfeld
+down-weighted it by more than ``1 / flag_ratio`` relative to its example share (with equal
+example counts and the default 0.1 this is the threshold ``c_i < 1 / (10 n)``).
+
+Robustness note: the geometric median tolerates ``f < n/2`` arbitrary clients (breakdown point
+1/2) once the iterations have converged. Started at the mean, a far outlier cluster loses
+influence only geometrically per iteration, so 4 iterations (DV-FSR's setting) leave a
+noticeable pull; and the hybrid's mean term has unbounded influence (``mean_weight * f/n`` times
+the outliers' magnitude). ``geometric_median`` therefore defaults to ``max_iter=100``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from fedrec.errors import ConfigError
+
+from .base import AggregationContext, AggregationInfo, Defense, Stacked, combine, gram
+
+__all__ = ["DVFSRHybrid", "GeometricMedian", "weiszfeld_from_gram"]
+
+
+def _distances(g: Tensor, c: Tensor) -> Tensor:
+    gc = g @ c
+    sq = torch.diagonal(g) - 2.0 * gc + c @ gc
+    return sq.clamp_min(0.0).sqrt()
+
+
+def weiszfeld_from_gram(
+    g: Tensor, alphas: Tensor, nu: float = 1e-5, max_iter: int = 100, tol: float = 1e-6
+) -> tuple[Tensor, int, float]:
+    """Smoothed Weiszfeld iterations for the weighted geometric median, on a Gram matrix.
+
+    Parameters
+    ----------
+    g : Tensor
+        ``float64[n, n]`` Gram matrix of the points.
+    alphas : Tensor
+        ``[n]`` non-negative point weights with a positive sum.
+    nu : float (default: 1e-5)
+        Smoothing: distances below ``nu`` are replaced by ``nu`` in the reweighting.
+    max_iter : int (default: 100)
+        Maximum number of reweighting steps.
+    tol : float (default: 1e-6)
+        Stop when the objective's relative change is ``<= tol``.
+
+    Returns
+    -------
+    coef : Tensor
+        ``float64[n]`` convex coefficients of the median: ``z = sum_i coef_i x_i``.
+    iterations : int
+        Reweighting steps performed.
+    objective : float
+        ``sum_i (a_i / sum a) |z - x_i|`` at the returned ``z``.
+    """
+    a = alphas.to(torch.float64)
+    a = a / a.sum()
+    coef = a.clone()
+    dist = _distances(g, coef)
+    obj = float(a @ dist)
+    iterations = 0
+    for _ in range(max_iter):
+        b = a / dist.clamp_min(nu)
+        coef = b / b.sum()
+        dist = _distances(g, coef)
+        new_obj = float(a @ dist)
+        iterations += 1
+        done = abs(obj - new_obj) <= tol * new_obj
+        obj = new_obj
+        if done:
+            break
+    return coef, iterations, obj
+
+
+def _check(rule: str, nu: float, max_iter: int, tol: float) -> None:
+    if not (isinstance(nu, int | float) and math.isfinite(nu) and nu > 0):
+        raise ConfigError(f"defense.{rule}.nu={nu!r}: expected a finite float > 0")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"defense.{rule}.max_iter={max_iter!r}: expected an integer >= 1")
+    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
+        raise ConfigError(f"defense.{rule}.tol={tol!r}: expected a finite float >= 0")
+
+
+def _check_ratio(rule: str, flag_ratio: float) -> None:
+    if not (isinstance(flag_ratio, int | float) and 0.0 <= flag_ratio <= 1.0):
+        raise ConfigError(f"defense.{rule}.flag_ratio={flag_ratio!r}: expected 0 <= x <= 1")
+
+
+class GeometricMedian(Defense):
+    """RFA geometric median (Pillutla et al., IEEE TSP 2022) weighted by example counts.
+
+    Parameters
+    ----------
+    nu : float (default: 1e-5)
+        Weiszfeld smoothing, ``> 0``.
+    max_iter : int (default: 100)
+        Maximum Weiszfeld iterations, ``>= 1``.
+    tol : float (default: 1e-6)
+        Relative objective change that stops the iterations, ``>= 0``.
+    flag_ratio : float (default: 0.1)
+        A client is flagged when its coefficient is below ``flag_ratio`` times its example
+        share, ``0 <= flag_ratio <= 1`` (0 flags nobody).
+    """
+
+    name = "geometric_median"
+
+    def __init__(
+        self, nu: float = 1e-5, max_iter: int = 100, tol: float = 1e-6, flag_ratio: float = 0.1
+    ) -> None:
+        _check(self.name, nu, max_iter, tol)
+        _check_ratio(self.name, flag_ratio)
+        self.nu, self.max_iter, self.tol = float(nu), int(max_iter), float(tol)
+        self.flag_ratio = float(flag_ratio)
+
+    def _median(self, stacked: Stacked, weights: Tensor) -> tuple[Tensor, Tensor, dict]:
+        coef, iters, obj = weiszfeld_from_gram(
+            gram(stacked), weights, self.nu, self.max_iter, self.tol
+        )
+        share = weights / weights.sum()
+        kept = coef >= self.flag_ratio * share
+        return coef, kept, {"iterations": float(iters), "objective": obj}
+
+    def _aggregate(
+        self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
+    ) -> tuple[dict[str, Tensor], AggregationInfo]:
+        coef, kept, extra = self._median(stacked, weights)
+        return combine(stacked, coef), AggregationInfo(kept, coef, extra)
+
+
+class DVFSRHybrid(GeometricMedian):
+    """DV-FSR hybrid: ``mean_weight * weighted_mean + (1 - mean_weight) * geometric_median``.
+
+    ``AggregationInfo.weights`` are the blended coefficients ``mean_weight * a + (1 -
+    mean_weight) * c`` (the result is exactly ``sum_i weights_i x_i``); ``kept`` flags clients
+    from the geometric-median coefficients ``c`` as in :class:`GeometricMedian`.
+
+    Parameters
+    ----------
+    mean_weight : float (default: 0.3)
+        Weight of the example-weighted mean, ``0 <= mean_weight <= 1``.
+    max_iter : int (default: 4)
+        Maximum Weiszfeld iterations, ``>= 1``.
+    tol : float (default: 1e-6)
+        Relative objective change that stops the iterations, ``>= 0``.
+    nu : float (default: 1e-5)
+        Weiszfeld smoothing, ``> 0``.
+    flag_ratio : float (default: 0.1)
+        See :class:`GeometricMedian`.
+    """
+
+    name = "dvfsr_hybrid"
+
+    def __init__(
+        self,
+        mean_weight: float = 0.3,
+        max_iter: int = 4,
+        tol: float = 1e-6,
+        nu: float = 1e-5,
+        flag_ratio: float = 0.1,
+    ) -> None:
+        if not (isinstance(mean_weight, int | float) and 0.0 <= mean_weight <= 1.0):
+            raise ConfigError(
+                f"defense.dvfsr_hybrid.mean_weight={mean_weight!r}: expected 0 <= x <= 1"
+            )
+        super().__init__(nu=nu, max_iter=max_iter, tol=tol, flag_ratio=flag_ratio)
+        self.mean_weight = float(mean_weight)
+
+    def _aggregate(
+        self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
+    ) -> tuple[dict[str, Tensor], AggregationInfo]:
+        coef, kept, extra = self._median(stacked, weights)
+        blend = self.mean_weight * (weights / weights.sum()) + (1.0 - self.mean_weight) * coef
+        return combine(stacked, blend), AggregationInfo(kept, blend, extra)

@@ -1,0 +1,87 @@
+"""Centralized training: one client holding every user's data, trained by mini-batches.
+
+This is the single-client special case of the federation (the server applies the one client's
+update with step 1), written as its own trainer because it needs mini-batch epochs, an
+optimizer with state (Adam) and validation-based early stopping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrec.data.batching import minibatches
+from fedrec.data.random import stream_key
+from fedrec.engine.context import RunContext
+from fedrec.engine.loop import Trainer
+
+
+class CentralizedTrainer(Trainer):
+    """Mini-batch training of the context's model (Adam), one step = one epoch.
+
+    Parameters
+    ----------
+    ctx : RunContext
+        Data and model.
+    """
+
+    unit = "epoch"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        tc = ctx.cfg.train
+        self.users = np.array([u for u, s in enumerate(ctx.split.train) if len(s) >= 2])
+        self.optimizer = torch.optim.Adam(ctx.model.parameters(), lr=tc.lr,
+                                          weight_decay=tc.weight_decay)
+
+    @property
+    def n_steps(self) -> int:
+        """Configured number of epochs."""
+        return self.ctx.cfg.train.epochs
+
+    def is_eval_step(self, step: int) -> bool:
+        """Evaluate every ``train.eval_every`` epochs."""
+        return (step + 1) % self.ctx.cfg.train.eval_every == 0
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One epoch over all users in a seeded random order."""
+        ctx, model = self.ctx, self.ctx.model
+        model.train()
+        rng = np.random.default_rng([ctx.cfg.seed, step])
+        total, n = 0.0, 0
+        for idx in minibatches(len(self.users), ctx.cfg.train.batch_size, rng):
+            users = self.users[idx]
+            batch = model.prepare_batch([ctx.split.train[u] for u in users],
+                                        stream_key(ctx.cfg.seed, step, users))
+            loss = model.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss) * len(users)
+            n += len(users)
+        return {"loss": total / max(n, 1)}
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics on ``split``."""
+        return self.ctx.evaluate(split)
+
+    def model_state(self) -> dict[str, Any]:
+        """A copy of the model parameters."""
+        return {k: v.detach().clone() for k, v in self.ctx.model.state_dict().items()}
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        """Load model parameters."""
+        self.ctx.model.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and torch RNG (dropout) state."""
+        return {"model": self.model_state(), "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.ctx.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])

@@ -1,0 +1,72 @@
+"""What every run needs before training: data split, model, evaluation closure, seeds."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedrec.config import ExperimentConfig
+from fedrec.data.loader import load_split
+from fedrec.data.split import LeaveOneOut
+from fedrec.evaluation import EvalProtocol, evaluate
+from fedrec.models import SequentialRecommender, build_model
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch global generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def eval_protocol(cfg: ExperimentConfig) -> EvalProtocol:
+    """The :class:`EvalProtocol` of a config."""
+    e = cfg.eval
+    return EvalProtocol(ks=tuple(e.ks), full=e.full, sampled=e.sampled, n_negatives=e.n_negatives,
+                        negative_sampling=e.negative_sampling, exclude_history=e.exclude_history,
+                        seed=e.seed, batch_users=e.batch_users)
+
+
+@dataclass
+class RunContext:
+    """Data, model and evaluation shared by the trainers of one run."""
+
+    cfg: ExperimentConfig
+    split: LeaveOneOut
+    model: SequentialRecommender
+    protocol: EvalProtocol
+    targets: list[int] = field(default_factory=list)
+    eval_users: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig, split: LeaveOneOut | None = None) -> RunContext:
+        """Load data, build and seed the model."""
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        split = split if split is not None else load_split(cfg.data)
+        model = build_model(cfg.model.name, split.n_items, **cfg.model.build_kwargs())
+        return cls(cfg, split, model, eval_protocol(cfg))
+
+    def evaluate(self, which: str, model: SequentialRecommender | None = None) -> dict[str, float]:
+        """Evaluate ``model`` (default: the context's) on ``"valid"`` or ``"test"``."""
+        model = model or self.model
+        sp = self.split
+        users = self.eval_users if self.eval_users is not None else np.arange(sp.n_users)
+        if which == "valid":
+            hist, held = sp.valid_inputs(), sp.valid
+        elif which == "test":
+            hist, held = sp.test_inputs(), sp.test
+        else:
+            raise ValueError(f"unknown split {which!r}")
+        was_training = model.training
+        model.eval()
+        try:
+            return evaluate(model.scores, [hist[u] for u in users], held[users], self.protocol,
+                            model.max_len, sp.n_items, targets=self.targets,
+                            popularity=sp.train_item_counts())
+        finally:
+            model.train(was_training)

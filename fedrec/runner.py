@@ -1,0 +1,96 @@
+"""Run one experiment config end to end into a run directory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fedrec.config import ExperimentConfig, dump_config
+from fedrec.errors import ConfigError
+from fedrec.results import RunDir
+
+log = logging.getLogger("fedrec")
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    """``<output_dir>/<name>``."""
+    return Path(cfg.output_dir) / cfg.name
+
+
+def build_trainer(cfg: ExperimentConfig, ctx: Any) -> Any:
+    """The trainer for ``cfg.mode``."""
+    if cfg.mode == "centralized":
+        from fedrec.engine.centralized import CentralizedTrainer
+
+        return CentralizedTrainer(ctx)
+    from fedrec.engine.federated import build_federated_trainer
+
+    return build_federated_trainer(ctx)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate ``cfg``; return the summary (also written to ``summary.json``).
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The experiment.
+    run_dir : str or Path, optional
+        Output folder (default ``<output_dir>/<name>``).
+    resume : bool
+        Continue an interrupted run from its checkpoint; a finished run is returned as is.
+    overwrite : bool
+        Delete an existing run directory first.
+    progress : bool
+        Show progress bars.
+
+    Raises
+    ------
+    ConfigError
+        The run directory already holds a run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    from fedrec.engine.context import RunContext
+    from fedrec.engine.loop import run_loop
+
+    path = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    if path.exists() and overwrite:
+        shutil.rmtree(path)
+    run = RunDir(path)
+    if resume and run.is_finished():
+        log.info("run %s already finished", path)
+        return run.read_summary() or {}
+    if not resume and run.has_content():
+        raise ConfigError(f"{path}: run directory already holds a run; pass --resume to continue "
+                          "it or --overwrite to start over")
+    run.write_config(dump_config(cfg))
+    try:
+        ctx = RunContext.build(cfg)
+        trainer = build_trainer(cfg, ctx)
+        if cfg.mode == "centralized":
+            summary = run_loop(trainer, run, resume=resume, eval_split="valid",
+                               early_stop_metric=cfg.train.metric, patience=cfg.train.patience,
+                               progress=progress)
+        else:
+            fc = cfg.federation
+            summary = run_loop(trainer, run, resume=resume, eval_split="test",
+                               checkpoint_every=fc.checkpoint_every, progress=progress,
+                               final_test=False)
+            summary["test"] = trainer.final_metrics()
+        summary.update(name=cfg.name, mode=cfg.mode, dataset=ctx.split.name,
+                       n_users=ctx.split.n_users, n_items=ctx.split.n_items,
+                       n_parameters=sum(p.numel() for p in ctx.model.parameters()),
+                       targets=list(ctx.targets))
+        run.write_summary(summary)
+        return summary
+    except Exception as exc:
+        run.write_error(f"{type(exc).__name__}: {exc}")
+        raise
