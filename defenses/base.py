@@ -339,6 +339,27 @@ def client_sq_norms(stacked: Stacked, keys: list[str] | tuple[str, ...] | None =
     return total
 
 
+def client_dots(x: Tensor, vec: Tensor) -> Tensor:
+    """Inner products ``<x_i, vec>`` of every client's parameter with ``vec``, float64 ``[n]``.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``[n, *shape]`` one stacked parameter.
+    vec : Tensor
+        ``[*shape]`` or flat vector of the same number of elements.
+    """
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    v = vec.reshape(-1).to(torch.float64)
+    out = torch.zeros(n, dtype=torch.float64)
+    for start in range(0, flat.shape[1], _GRAM_BLOCK * 4):
+        out += flat[:, start : start + _GRAM_BLOCK * 4].to(torch.float64) @ v[
+            start : start + _GRAM_BLOCK * 4
+        ]
+    return out
+
+
 def combine(stacked: Stacked, coef: Tensor, keys: list[str] | tuple[str, ...] | None = None
             ) -> dict[str, Tensor]:
     """``sum_i coef[i] * stacked[k][i]`` for each key, returned in the input dtype.

@@ -27,7 +27,8 @@ sorted-name order, so results do not depend on client order.
 
 FoolsGold. State = per-client running sum of its updates (``ctx.client_ids`` keys the clients).
 Each round, among the participating clients: cosine similarity ``cs`` of the histories,
-``v_i = max_{j != i} cs_ij``; pardoning ``cs_ij *= v_i / v_j`` when ``v_j > v_i``;
+``v_i = max_{j != i} cs_ij``; pardoning ``cs_ij *= v_i / v_j`` when ``v_j > v_i`` (and
+``v_j > 0``, so the ratio is defined);
 ``alpha_i = 1 - max_j cs_ij`` clipped to [0, 1]; divided by its maximum; 1 replaced by 0.99;
 logit ``kappa * (ln(alpha / (1 - alpha)) + 0.5)`` clipped to [0, 1]. The result is the
 alpha-weighted mean of the round's updates (zero if every alpha is 0; ``extra['all_zero']``).
@@ -59,10 +60,12 @@ from .base import (
     AggregationInfo,
     Defense,
     Stacked,
+    client_dots,
     client_sq_norms,
     combine,
     gram,
 )
+from .coordinate import coordinate_median
 
 __all__ = [
     "FLTrust",
@@ -162,8 +165,8 @@ def foolsgold_weights(hist_gram: Tensor, kappa: float = 1.0) -> Tensor:
     cs.fill_diagonal_(-float("inf"))
     v = cs.max(dim=1).values if n > 1 else torch.zeros(1, dtype=torch.float64)
     if n > 1:
-        pardon = v[None, :] > v[:, None]  # v_j > v_i
-        ratio = v[:, None] / torch.where(v[None, :] == 0, torch.ones_like(v)[None, :], v[None, :])
+        pardon = (v[None, :] > v[:, None]) & (v[None, :] > 0)  # v_j > v_i and v_j > 0
+        ratio = v[:, None] / v[None, :].clamp_min(1e-300)
         cs = torch.where(pardon, cs * ratio, cs)
         alpha = 1.0 - cs.max(dim=1).values
     else:
@@ -235,8 +238,7 @@ class Flame(Defense):
         g = gram(stacked)
         accepted, threshold = flame_majority(1.0 - cosine_from_gram(g))
         norms = torch.diagonal(g).clamp_min(0).sqrt()
-        s = float(norms.median()) if n % 2 else float(norms.sort().values[n // 2 - 1 : n // 2 + 1]
-                                                       .mean())
+        s = float(coordinate_median(norms.reshape(n, 1))[0][0])
         scale = torch.where(norms > s, s / norms.clamp_min(1e-300), torch.ones_like(norms))
         coef = torch.where(accepted, scale, torch.zeros_like(scale)) / int(accepted.sum())
         out = combine(stacked, coef)
@@ -383,7 +385,7 @@ class FLTrust(Defense):
                     f"ctx.root_update[{key!r}]: expected shape {tuple(x.shape[1:])}, got {got}"
                 )
             r = root[key].reshape(-1).to(torch.float64)
-            dots += x.reshape(n, -1).to(torch.float64) @ r
+            dots += client_dots(x, r)
             root_sq += float(r @ r)
         coef = fltrust_coefficients(dots, client_sq_norms(stacked), root_sq)
         out = combine(stacked, coef)

@@ -28,12 +28,16 @@ FORMATS = ("sequences", "movielens", "pairs", "gcl4sr")
 def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found")
-    with open(path, encoding=encoding, errors="strict") as fh:
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                yield lineno, line.rstrip("\r\n")
-        except UnicodeDecodeError as exc:
-            raise DataFormatError(f"{path}: not valid {encoding} text ({exc.reason})") from None
+    # Decode line by line so a decoding error is reported with its line number.
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode(encoding, errors="strict")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    f"{path}:{lineno}: not valid {encoding} text ({exc.reason})"
+                ) from None
+            yield lineno, line.rstrip("\r\n")
 
 
 def _int(tok: str, path: Path, lineno: int, what: str) -> int:

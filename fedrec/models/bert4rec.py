@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from fedrec.data.batching import pad_left, to_tensor
 from fedrec.data.random import stream_key, uniform_floats, uniform_ints
 from fedrec.models.base import Batch, SequentialRecommender, init_weights
-from fedrec.models.transformer import FeedForward, SelfAttention, attention_mask
+from fedrec.models.transformer import Dropout, FeedForward, SelfAttention, attention_mask
 
 
 class BERTBlock(nn.Module):
@@ -32,7 +32,7 @@ class BERTBlock(nn.Module):
         self.ln_attn = nn.LayerNorm(d)
         self.ffn = FeedForward(d, dropout, hidden=4 * d, act="gelu")
         self.ln_ffn = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """Apply the block to ``x`` [B, L, d]."""
@@ -78,7 +78,7 @@ class BERT4Rec(SequentialRecommender):
         self.item_emb = nn.Embedding(n_items + 2, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.ln_emb = nn.LayerNorm(hidden)
-        self.emb_drop = nn.Dropout(dropout)
+        self.emb_drop = Dropout(dropout)
         self.blocks = nn.ModuleList(
             BERTBlock(hidden, heads, dropout, dropout if attn_dropout is None else attn_dropout)
             for _ in range(blocks)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedrec.models.base import SequentialRecommender, init_weights
+from fedrec.models.transformer import Dropout
 
 
 class GRULayer(nn.Module):
@@ -72,7 +73,7 @@ class GRU4Rec(SequentialRecommender):
         super().__init__(n_items, max_len, loss_type, n_neg)
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.grus = nn.ModuleList(GRULayer(hidden, hidden) for _ in range(layers))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         init_weights(self)
         for gru in self.grus:  # orthogonal-ish recurrent init keeps the recurrence stable
             nn.init.normal_(gru.w_h.weight, std=1.0 / math.sqrt(hidden))

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedrec.models.base import SequentialRecommender, init_weights
-from fedrec.models.transformer import FeedForward, SelfAttention, attention_mask
+from fedrec.models.transformer import Dropout, FeedForward, SelfAttention, attention_mask
 
 
 class SASRecBlock(nn.Module):
@@ -31,7 +31,7 @@ class SASRecBlock(nn.Module):
         self.attn = SelfAttention(d, heads, attn_dropout)
         self.ln_ffn = nn.LayerNorm(d, eps=1e-8)
         self.ffn = FeedForward(d, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """Apply the block to ``x`` [B, L, d]."""
@@ -76,7 +76,7 @@ class SASRec(SequentialRecommender):
         self.hidden = hidden
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
-        self.emb_drop = nn.Dropout(dropout)
+        self.emb_drop = Dropout(dropout)
         self.blocks = nn.ModuleList(
             SASRecBlock(hidden, heads, dropout, dropout if attn_dropout is None else attn_dropout)
             for _ in range(blocks)
