@@ -1,0 +1,1 @@
+"""Attacks on federated sequential recommendation: DV-FSR and the field's baselines."""

@@ -287,7 +287,7 @@ def flatten(stacked: Stacked) -> tuple[Tensor, Callable[[Tensor], dict[str, Tens
     return flat, unflatten
 
 
-def gram(stacked: Stacked | Tensor) -> Tensor:
+def gram(stacked: Stacked | Tensor, center: bool = False) -> Tensor:
     """Float64 Gram matrix ``G[i, j] = <x_i, x_j>`` over the concatenation of all params.
 
     Accumulated block-wise in float64, so it needs no ``[n, D]`` copy of the updates.
@@ -296,6 +296,11 @@ def gram(stacked: Stacked | Tensor) -> Tensor:
     ----------
     stacked : Mapping[str, Tensor] | Tensor
         Stacked updates or an ``[n, D]`` matrix.
+    center : bool (default: False)
+        Subtract the (unweighted) mean update first: ``G[i, j] = <x_i - m, x_j - m>``.
+        Distances, and anything computed from convex combinations of the updates, are
+        unchanged by the shift, but their cancellation error shrinks when the updates share a
+        large common component.
 
     Returns
     -------
@@ -309,6 +314,8 @@ def gram(stacked: Stacked | Tensor) -> Tensor:
         mat = t.reshape(n, -1)
         for start in range(0, mat.shape[1], _GRAM_BLOCK):
             block = mat[:, start : start + _GRAM_BLOCK].to(torch.float64)
+            if center:
+                block = block - block.mean(dim=0, keepdim=True)
             g.addmm_(block, block.T)
     return g
 
@@ -325,8 +332,11 @@ def sq_dists_from_gram(g: Tensor) -> Tensor:
 
 
 def pairwise_sq_dists(flat: Tensor) -> Tensor:
-    """Pairwise squared L2 distances of the rows of ``flat`` (``[n, D]``), float64 ``[n, n]``."""
-    return sq_dists_from_gram(gram(flat))
+    """Pairwise squared L2 distances of the rows of ``flat`` (``[n, D]``), float64 ``[n, n]``.
+
+    Uses the centred Gram matrix (see :func:`gram`).
+    """
+    return sq_dists_from_gram(gram(flat, center=True))
 
 
 def client_sq_norms(stacked: Stacked, keys: list[str] | tuple[str, ...] | None = None) -> Tensor:

@@ -173,7 +173,7 @@ class Krum(Defense):
             2 * self.f + 2 < n,
             f"defense.{self.name}.f={self.f}: Krum needs 2f+2 < n_clients, got n_clients={n}",
         )
-        sel = krum_select_from_dists(sq_dists_from_gram(gram(stacked)), self.f, 1)
+        sel = krum_select_from_dists(sq_dists_from_gram(gram(stacked, center=True)), self.f, 1)
         i = int(sel[0])
         out = {k: v[i].clone() for k, v in stacked.items()}
         coef = torch.zeros(n, dtype=torch.float64)
@@ -213,7 +213,7 @@ class MultiKrum(Defense):
         check_n_dependent(
             m <= n, f"defense.{self.name}.m={m}: expected 1 <= m <= n_clients={n}"
         )
-        sel = krum_select_from_dists(sq_dists_from_gram(gram(stacked)), self.f, m)
+        sel = krum_select_from_dists(sq_dists_from_gram(gram(stacked, center=True)), self.f, m)
         coef = torch.zeros(n, dtype=torch.float64)
         coef[sel] = weights[sel]
         total = float(coef.sum())
@@ -250,7 +250,7 @@ class Bulyan(Defense):
         )
         theta = n - 2 * f
         beta = theta - 2 * f
-        sel = krum_select_from_dists(sq_dists_from_gram(gram(stacked)), f, theta)
+        sel = krum_select_from_dists(sq_dists_from_gram(gram(stacked, center=True)), f, theta)
         out: dict[str, Tensor] = {}
         shares_sel = torch.zeros(theta, dtype=torch.float64)
         cols = 0

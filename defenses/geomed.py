@@ -20,30 +20,38 @@ Every iterate is a convex combination ``z = sum_j c_j x_j`` of the updates, so t
 (computed once): each iteration costs ``O(n^2)``, not ``O(n D)``, and the updates are read only
 twice (Gram matrix and final combination).
 
-Detection: ``AggregationInfo.weights`` is the final coefficient vector ``c`` (sums to 1);
-client ``i`` is flagged (``kept=False``) when ``c_i < flag_ratio * a_i``, i.e. when Weiszfeld
-down-weighted it by more than ``1 / flag_ratio`` relative to its example share (with equal
-example counts and the default 0.1 this is the threshold ``c_i < 1 / (10 n)``).
+Detection: ``AggregationInfo.weights`` is the final coefficient vector ``c`` (sums to 1).
+Client ``i`` is flagged (``kept=False``) when ``|z - x_i| > flag_distance * max(nu,
+median_j |z - x_j|)`` (default factor 10). A threshold on the coefficients themselves (e.g.
+``c_i < 1/(10 n)``) was rejected: near convergence Weiszfeld puts most of the weight on the
+update closest to ``z`` (``c_i`` is proportional to ``1 / |z - x_i|``), so honest clients a
+little farther away would be flagged (``tests/test_defenses_robust.py`` has such a case).
 
 Robustness note: the geometric median tolerates ``f < n/2`` arbitrary clients (breakdown point
 1/2) once the iterations have converged. Started at the mean, a far outlier cluster loses
 influence only geometrically per iteration, so 4 iterations (DV-FSR's setting) leave a
 noticeable pull; and the hybrid's mean term has unbounded influence (``mean_weight * f/n`` times
-the outliers' magnitude). ``geometric_median`` therefore defaults to ``max_iter=100``.
+the outliers' magnitude). Because a relative tolerance on the objective is loose when far
+outliers dominate the objective (the location error scales like ``tol`` times their distance),
+and iterations are cheap here (``O(n^2)`` each), ``geometric_median`` defaults to
+``max_iter=1000, tol=1e-10``; ``geometric_median(max_iter=4, tol=1e-6)`` is DV-FSR's ``RFA``
+mode.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+
 from torch import Tensor
 
 from fedrec.errors import ConfigError
 
 from .base import AggregationContext, AggregationInfo, Defense, Stacked, combine, gram
 
-__all__ = ["DVFSRHybrid", "GeometricMedian", "weiszfeld_from_gram"]
+__all__ = ["DVFSRHybrid", "GeometricMedian", "WeiszfeldResult", "weiszfeld_from_gram"]
 
 
 def _distances(g: Tensor, c: Tensor) -> Tensor:
@@ -52,9 +60,18 @@ def _distances(g: Tensor, c: Tensor) -> Tensor:
     return sq.clamp_min(0.0).sqrt()
 
 
+class WeiszfeldResult(NamedTuple):
+    """Outcome of :func:`weiszfeld_from_gram`."""
+
+    coef: Tensor
+    iterations: int
+    objective: float
+    distances: Tensor
+
+
 def weiszfeld_from_gram(
-    g: Tensor, alphas: Tensor, nu: float = 1e-5, max_iter: int = 100, tol: float = 1e-6
-) -> tuple[Tensor, int, float]:
+    g: Tensor, alphas: Tensor, nu: float = 1e-5, max_iter: int = 1000, tol: float = 1e-10
+) -> WeiszfeldResult:
     """Smoothed Weiszfeld iterations for the weighted geometric median, on a Gram matrix.
 
     Parameters
@@ -65,19 +82,17 @@ def weiszfeld_from_gram(
         ``[n]`` non-negative point weights with a positive sum.
     nu : float (default: 1e-5)
         Smoothing: distances below ``nu`` are replaced by ``nu`` in the reweighting.
-    max_iter : int (default: 100)
+    max_iter : int (default: 1000)
         Maximum number of reweighting steps.
-    tol : float (default: 1e-6)
+    tol : float (default: 1e-10)
         Stop when the objective's relative change is ``<= tol``.
 
     Returns
     -------
-    coef : Tensor
-        ``float64[n]`` convex coefficients of the median: ``z = sum_i coef_i x_i``.
-    iterations : int
-        Reweighting steps performed.
-    objective : float
-        ``sum_i (a_i / sum a) |z - x_i|`` at the returned ``z``.
+    WeiszfeldResult
+        ``coef``: ``float64[n]`` convex coefficients of the median, ``z = sum_i coef_i x_i``;
+        ``iterations``: reweighting steps performed; ``objective``: ``sum_i (a_i / sum a)
+        |z - x_i|`` at the returned ``z``; ``distances``: ``float64[n]`` values ``|z - x_i|``.
     """
     a = alphas.to(torch.float64)
     a = a / a.sum()
@@ -95,7 +110,7 @@ def weiszfeld_from_gram(
         obj = new_obj
         if done:
             break
-    return coef, iterations, obj
+    return WeiszfeldResult(coef, iterations, obj, dist)
 
 
 def _check(rule: str, nu: float, max_iter: int, tol: float) -> None:
@@ -107,9 +122,13 @@ def _check(rule: str, nu: float, max_iter: int, tol: float) -> None:
         raise ConfigError(f"defense.{rule}.tol={tol!r}: expected a finite float >= 0")
 
 
-def _check_ratio(rule: str, flag_ratio: float) -> None:
-    if not (isinstance(flag_ratio, int | float) and 0.0 <= flag_ratio <= 1.0):
-        raise ConfigError(f"defense.{rule}.flag_ratio={flag_ratio!r}: expected 0 <= x <= 1")
+def _check_flag(rule: str, flag_distance: float) -> None:
+    if isinstance(flag_distance, bool) or not (
+        isinstance(flag_distance, int | float) and flag_distance >= 1.0
+    ):
+        raise ConfigError(
+            f"defense.{rule}.flag_distance={flag_distance!r}: expected a float >= 1 (inf: never)"
+        )
 
 
 class GeometricMedian(Defense):
@@ -119,32 +138,38 @@ class GeometricMedian(Defense):
     ----------
     nu : float (default: 1e-5)
         Weiszfeld smoothing, ``> 0``.
-    max_iter : int (default: 100)
+    max_iter : int (default: 1000)
         Maximum Weiszfeld iterations, ``>= 1``.
-    tol : float (default: 1e-6)
+    tol : float (default: 1e-10)
         Relative objective change that stops the iterations, ``>= 0``.
-    flag_ratio : float (default: 0.1)
-        A client is flagged when its coefficient is below ``flag_ratio`` times its example
-        share, ``0 <= flag_ratio <= 1`` (0 flags nobody).
+    flag_distance : float (default: 10.0)
+        A client is flagged when its distance to the median exceeds this multiple of the
+        median distance, ``>= 1`` (``inf`` flags nobody).
     """
 
     name = "geometric_median"
 
     def __init__(
-        self, nu: float = 1e-5, max_iter: int = 100, tol: float = 1e-6, flag_ratio: float = 0.1
+        self,
+        nu: float = 1e-5,
+        max_iter: int = 1000,
+        tol: float = 1e-10,
+        flag_distance: float = 10.0,
     ) -> None:
         _check(self.name, nu, max_iter, tol)
-        _check_ratio(self.name, flag_ratio)
+        _check_flag(self.name, flag_distance)
         self.nu, self.max_iter, self.tol = float(nu), int(max_iter), float(tol)
-        self.flag_ratio = float(flag_ratio)
+        self.flag_distance = float(flag_distance)
 
     def _median(self, stacked: Stacked, weights: Tensor) -> tuple[Tensor, Tensor, dict]:
-        coef, iters, obj = weiszfeld_from_gram(
-            gram(stacked), weights, self.nu, self.max_iter, self.tol
+        res = weiszfeld_from_gram(
+            gram(stacked, center=True), weights, self.nu, self.max_iter, self.tol
         )
-        share = weights / weights.sum()
-        kept = coef >= self.flag_ratio * share
-        return coef, kept, {"iterations": float(iters), "objective": obj}
+        n = weights.shape[0]
+        d = res.distances
+        med = float(d.sort().values[(n - 1) // 2 : n // 2 + 1].mean())
+        kept = d <= self.flag_distance * max(med, self.nu)
+        return res.coef, kept, {"iterations": float(res.iterations), "objective": res.objective}
 
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
@@ -158,7 +183,7 @@ class DVFSRHybrid(GeometricMedian):
 
     ``AggregationInfo.weights`` are the blended coefficients ``mean_weight * a + (1 -
     mean_weight) * c`` (the result is exactly ``sum_i weights_i x_i``); ``kept`` flags clients
-    from the geometric-median coefficients ``c`` as in :class:`GeometricMedian`.
+    far from the geometric median as in :class:`GeometricMedian`.
 
     Parameters
     ----------
@@ -170,7 +195,7 @@ class DVFSRHybrid(GeometricMedian):
         Relative objective change that stops the iterations, ``>= 0``.
     nu : float (default: 1e-5)
         Weiszfeld smoothing, ``> 0``.
-    flag_ratio : float (default: 0.1)
+    flag_distance : float (default: 10.0)
         See :class:`GeometricMedian`.
     """
 
@@ -182,13 +207,13 @@ class DVFSRHybrid(GeometricMedian):
         max_iter: int = 4,
         tol: float = 1e-6,
         nu: float = 1e-5,
-        flag_ratio: float = 0.1,
+        flag_distance: float = 10.0,
     ) -> None:
         if not (isinstance(mean_weight, int | float) and 0.0 <= mean_weight <= 1.0):
             raise ConfigError(
                 f"defense.dvfsr_hybrid.mean_weight={mean_weight!r}: expected 0 <= x <= 1"
             )
-        super().__init__(nu=nu, max_iter=max_iter, tol=tol, flag_ratio=flag_ratio)
+        super().__init__(nu=nu, max_iter=max_iter, tol=tol, flag_distance=flag_distance)
         self.mean_weight = float(mean_weight)
 
     def _aggregate(

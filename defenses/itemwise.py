@@ -422,7 +422,7 @@ class ItemwiseKrum(_ItemWise):
             f"defense.itemwise_krum.f={self.f}: Krum on the non-item params needs "
             f"2f+2 < n_clients, got n_clients={n}",
         )
-        i = int(krum_select_from_dists(sq_dists_from_gram(gram(stacked)), self.f, 1)[0])
+        i = int(krum_select_from_dists(sq_dists_from_gram(gram(stacked, center=True)), self.f, 1)[0])
         shares = torch.zeros(n, dtype=torch.float64)
         cols = sum(x[0].numel() for x in stacked.values())
         shares[i] = float(cols)

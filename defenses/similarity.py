@@ -29,7 +29,8 @@ FoolsGold. State = per-client running sum of its updates (``ctx.client_ids`` key
 Each round, among the participating clients: cosine similarity ``cs`` of the histories,
 ``v_i = max_{j != i} cs_ij``; pardoning ``cs_ij *= v_i / v_j`` when ``v_j > v_i`` (and
 ``v_j > 0``, so the ratio is defined);
-``alpha_i = 1 - max_j cs_ij`` clipped to [0, 1]; divided by its maximum; 1 replaced by 0.99;
+``alpha_i = 1 - max_j cs_ij`` clipped to [0, 1] (values below 1e-9, i.e. identical histories up
+to rounding, set to 0); divided by its maximum; 1 replaced by 0.99;
 logit ``kappa * (ln(alpha / (1 - alpha)) + 0.5)`` clipped to [0, 1]. The result is the
 alpha-weighted mean of the round's updates (zero if every alpha is 0; ``extra['all_zero']``).
 Adaptations: similarities are computed among the round's participants only (the paper assumes
@@ -145,6 +146,9 @@ def flame_majority(cos_dist: Tensor) -> tuple[Tensor, float]:
     raise AssertionError("unreachable: the spanning tree connects all clients")
 
 
+_ALPHA_EPS = 1e-9
+
+
 def foolsgold_weights(hist_gram: Tensor, kappa: float = 1.0) -> Tensor:
     """FoolsGold learning-rate vector from the Gram matrix of the clients' histories.
 
@@ -172,6 +176,9 @@ def foolsgold_weights(hist_gram: Tensor, kappa: float = 1.0) -> Tensor:
     else:
         alpha = torch.ones(1, dtype=torch.float64)
     alpha = alpha.clamp(0.0, 1.0)
+    # similarities within 1e-9 of 1 are rounding noise of identical histories, which must get
+    # weight 0 (not be blown up to 1 by the normalisation below)
+    alpha = torch.where(alpha < _ALPHA_EPS, torch.zeros_like(alpha), alpha)
     top = float(alpha.max())
     if top > 0:
         alpha = alpha / top

@@ -1,0 +1,78 @@
+"""The attack contract: a malicious client crafts an update with the benign update layout.
+
+``Attack.craft(model, global_params, client_id, threat, rc)`` returns an
+:class:`~clients.update.Update` (a gradient for FedSGD, a delta for FedAvg) for one malicious
+client. Attacks must be stateless across rounds (everything they need is derived from the
+global parameters, the round config and the threat model), so that they give the same update
+in the local engine and in a Flower ClientApp on any Ray actor.
+
+``DataPoisoningAttack`` covers the fabricated-profile attacks: the malicious client fabricates
+a sequence and then trains on it exactly like a benign client (the benign update function).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from attacks.threat import ThreatModel
+from clients.update import RoundConfig, Update, client_update
+from fedrec.models import SequentialRecommender
+
+
+class Attack(ABC):
+    """Base class of all attacks.
+
+    Parameters
+    ----------
+    scale : float
+        Multiplies the crafted update (the "boosting" factor of model-replacement attacks).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = float(scale)
+
+    @abstractmethod
+    def _craft(self, model: SequentialRecommender, global_params: Mapping[str, torch.Tensor],
+               client_id: int, threat: ThreatModel, rc: RoundConfig) -> Update:
+        """Attack-specific update (before scaling)."""
+
+    def craft(self, model: SequentialRecommender, global_params: Mapping[str, torch.Tensor],
+              client_id: int, threat: ThreatModel, rc: RoundConfig) -> Update:
+        """The malicious update of ``client_id`` for round ``rc`` (scaled by ``scale``)."""
+        upd = self._craft(model, global_params, client_id, threat, rc)
+        if self.scale != 1.0:
+            upd.params = {k: v * self.scale for k, v in upd.params.items()}
+        return upd
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters, for logs and result tables."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class DataPoisoningAttack(Attack):
+    """Fabricate a sequence for the malicious client, then update benignly on it."""
+
+    @abstractmethod
+    def fabricate(self, client_id: int, threat: ThreatModel, rc: RoundConfig, n_items: int) -> np.ndarray:
+        """The fake interaction sequence of ``client_id`` (items in ``1..n_items``)."""
+
+    def _craft(self, model: SequentialRecommender, global_params: Mapping[str, torch.Tensor],
+               client_id: int, threat: ThreatModel, rc: RoundConfig) -> Update:
+        seq = self.fabricate(client_id, threat, rc, model.n_items)
+        return client_update(model, global_params, seq, client_id, rc)
+
+
+class NoAttack(Attack):
+    """No malicious clients (the baseline row of every attack table)."""
+
+    name = "none"
+
+    def _craft(self, model, global_params, client_id, threat, rc):  # noqa: D102
+        raise RuntimeError("attack 'none' has no malicious clients")

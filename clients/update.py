@@ -1,0 +1,251 @@
+"""Client update functions: the single-client form and the batched (vectorised) form.
+
+Protocols (McMahan et al., AISTATS 2017, "Communication-Efficient Learning of Deep Networks
+from Decentralized Data"):
+
+* **FedSGD**: the update is the gradient of the client's loss (the mean over its own target
+  positions) at the global parameters: one forward/backward, no local step. This is the
+  DV-FSR setting (each user is a client holding one sequence).
+* **FedAvg**: the client runs ``local_epochs`` SGD steps (step ``local_lr``) on its sequence,
+  starting from the global parameters, and returns ``local - global``.
+
+Both forms draw every random choice (negatives, cloze masks) from the client's own stream
+``stream_key(seed, round, client_id, local_epoch)``, so a client's update is the same whether
+computed alone (:func:`client_update`, used by the Flower ClientApp) or inside a batch
+(:func:`batched_updates` / :func:`combined_fedsgd_gradient`, used by the local engine).
+With dropout, the batched form draws one dropout mask per client from torch's generator, so
+only runs on the same engine repeat exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from fedrec.data.random import stream_key
+from fedrec.models import SequentialRecommender
+from fedrec.models.transformer import vmap_safe_attention
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """What a client is told about the round.
+
+    Parameters
+    ----------
+    round : int
+        Global round index (0-based, across epochs).
+    epoch : int
+        Epoch (pass over all clients) the round belongs to.
+    protocol : str
+        ``"fedsgd"`` or ``"fedavg"``.
+    seed : int
+        Experiment seed.
+    local_epochs : int
+        FedAvg local epochs.
+    local_lr : float
+        FedAvg local SGD step size.
+    """
+
+    round: int
+    epoch: int
+    protocol: str = "fedsgd"
+    seed: int = 0
+    local_epochs: int = 1
+    local_lr: float = 0.01
+
+
+@dataclass
+class Update:
+    """What a client returns: ``params`` maps parameter names to a gradient (FedSGD) or a
+    parameter delta (FedAvg)."""
+
+    params: dict[str, torch.Tensor]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def num_examples(seq: np.ndarray) -> int:
+    """Training examples of a client: the next-item targets in its sequence (at least 1)."""
+    return max(1, len(seq) - 1)
+
+
+def client_keys(rc: RoundConfig, client_ids: np.ndarray | Sequence[int], local_epoch: int = 0) -> np.ndarray:
+    """Per-client random stream keys for a round (and local epoch)."""
+    return stream_key(rc.seed, rc.round, np.asarray(client_ids, dtype=np.int64), local_epoch)
+
+
+def trainable(model: SequentialRecommender) -> list[str]:
+    """Names of the model's parameters (the update layout)."""
+    return [n for n, _ in model.named_parameters()]
+
+
+# ----------------------------------------------------------------------------- single client
+
+
+def client_update(
+    model: SequentialRecommender,
+    global_params: Mapping[str, torch.Tensor],
+    seq: np.ndarray,
+    client_id: int,
+    rc: RoundConfig,
+) -> Update:
+    """Update of one client (plain autograd on a model holding the global parameters).
+
+    Parameters
+    ----------
+    model : SequentialRecommender
+        A model instance; its parameters are overwritten with ``global_params``.
+    global_params : mapping
+        Current global parameters.
+    seq : numpy.ndarray
+        The client's training sequence.
+    client_id : int
+        The client's id (selects its random stream).
+    rc : RoundConfig
+        Round settings.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(global_params[name])
+    model.train()
+    if rc.protocol == "fedsgd":
+        batch = model.prepare_batch([seq], client_keys(rc, [client_id]))
+        model.zero_grad(set_to_none=True)
+        loss = model(batch)[0]
+        loss.backward()
+        grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+                 for n, p in model.named_parameters()}
+        return Update(grads, num_examples(seq), {"loss": float(loss)})
+    losses = []
+    for e in range(rc.local_epochs):
+        batch = model.prepare_batch([seq], client_keys(rc, [client_id], e))
+        model.zero_grad(set_to_none=True)
+        loss = model(batch)[0]
+        loss.backward()
+        losses.append(float(loss))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.sub_(rc.local_lr * p.grad)
+    delta = {n: (p.detach() - global_params[n]).clone() for n, p in model.named_parameters()}
+    return Update(delta, num_examples(seq), {"loss": float(np.mean(losses))})
+
+
+# ----------------------------------------------------------------------------- batched
+
+
+def combined_fedsgd_gradient(
+    model: SequentialRecommender,
+    global_params: Mapping[str, torch.Tensor],
+    seqs: Sequence[np.ndarray],
+    client_ids: np.ndarray,
+    coefficients: torch.Tensor,
+    rc: RoundConfig,
+) -> tuple[Params, torch.Tensor]:
+    """``sum_i c_i * grad L_i`` for many FedSGD clients with one forward/backward.
+
+    This is all a linear aggregation rule (sum, mean, weighted mean) needs, and costs about one
+    batched forward/backward over the clients' sequences.
+
+    Returns
+    -------
+    grads : dict
+        The combined gradient.
+    losses : Tensor
+        Each client's loss ``[n]``.
+    """
+    params = {n: p.detach().requires_grad_(True) for n, p in global_params.items()}
+    model.train()
+    batch = model.prepare_batch(seqs, client_keys(rc, client_ids))
+    losses = functional_call(model, params, (batch,))
+    total = (losses * coefficients.to(losses.dtype)).sum()
+    names = list(params)
+    grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
+    out = {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
+    return out, losses.detach()
+
+
+def _row_loss_fn(model: SequentialRecommender):
+    def loss(params: Params, row: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.unsqueeze(0) for k, v in row.items()}
+        return functional_call(model, params, (batch,), {"dense": True})[0]
+
+    return loss
+
+
+def _pad_batch(batch: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """Left-pad every tensor of a batch to ``width`` columns (dim 1)."""
+    out = {}
+    for k, v in batch.items():
+        pad = width - v.shape[1]
+        if pad > 0:
+            v = torch.cat([v.new_zeros((v.shape[0], pad, *v.shape[2:])), v], dim=1)
+        out[k] = v
+    return out
+
+
+def batched_updates(
+    model: SequentialRecommender,
+    global_params: Mapping[str, torch.Tensor],
+    seqs: Sequence[np.ndarray],
+    client_ids: np.ndarray,
+    rc: RoundConfig,
+    chunk_size: int = 64,
+) -> tuple[Params, torch.Tensor]:
+    """Every client's update, stacked: ``name -> Tensor[n, *shape]``.
+
+    Per-client gradients come from ``torch.func.vmap(grad(loss))`` with ``functional_call``;
+    FedAvg runs its local SGD steps inside the vmapped function, so all clients train at once.
+    Clients are processed in chunks of ``chunk_size`` to bound memory.
+
+    Returns
+    -------
+    updates : dict
+        Stacked gradients (FedSGD) or deltas (FedAvg).
+    losses : Tensor
+        Each client's (mean local) loss ``[n]``.
+    """
+    base = {n: p.detach() for n, p in global_params.items()}
+    loss_fn = _row_loss_fn(model)
+    value_and_grad = torch.func.grad_and_value(loss_fn)
+    model.train()
+    chunks_out: list[Params] = []
+    chunk_losses: list[torch.Tensor] = []
+    with vmap_safe_attention():
+        for start in range(0, len(seqs), chunk_size):
+            part = list(seqs[start:start + chunk_size])
+            ids = np.asarray(client_ids[start:start + chunk_size])
+            if rc.protocol == "fedsgd":
+                batch = model.prepare_batch(part, client_keys(rc, ids))
+                g, loss = vmap(value_and_grad, in_dims=(None, 0), randomness="different")(base, batch)
+                chunks_out.append(g)
+                chunk_losses.append(loss.detach())
+                continue
+            batches = [model.prepare_batch(part, client_keys(rc, ids, e)) for e in range(rc.local_epochs)]
+            width = max(b["inputs"].shape[1] for b in batches)
+            stacked_batches = {k: torch.stack([_pad_batch(b, width)[k] for b in batches], dim=1)
+                               for k in batches[0]}
+
+            def local_train(row_batches: dict[str, torch.Tensor]) -> tuple[Params, torch.Tensor]:
+                p = dict(base)
+                total = torch.zeros(())
+                for e in range(rc.local_epochs):
+                    row = {k: v[e] for k, v in row_batches.items()}
+                    g, loss = value_and_grad(p, row)
+                    p = {n: p[n] - rc.local_lr * g[n] for n in p}
+                    total = total + loss
+                return {n: p[n] - base[n] for n in p}, total / rc.local_epochs
+
+            d, loss = vmap(local_train, randomness="different")(stacked_batches)
+            chunks_out.append(d)
+            chunk_losses.append(loss.detach())
+    names = list(base)
+    stacked = {n: torch.cat([c[n] for c in chunks_out]).detach() for n in names}
+    return stacked, torch.cat(chunk_losses)

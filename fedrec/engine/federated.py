@@ -1,0 +1,219 @@
+"""Federated training with the in-process (local) engine.
+
+One step = one server round. The round's benign clients are computed as **one batched
+computation**: for a linear rule (sum/mean) under FedSGD the combined gradient
+``Σ c_i ∇L_i`` comes from a single forward/backward (:func:`clients.update.combined_fedsgd_gradient`);
+for any other rule, or FedAvg, per-client updates come from ``torch.func.vmap``
+(:func:`clients.update.batched_updates`). Malicious clients craft their updates with the attack.
+The server side (:class:`strategies.server.ServerAggregator`: validation, defense, server
+optimizer) is the same object the Flower strategy uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.base import Attack
+from attacks.registry import build_attack
+from attacks.threat import ThreatModel, build_threat_model
+from clients.update import (
+    RoundConfig,
+    batched_updates,
+    combined_fedsgd_gradient,
+    num_examples,
+)
+from defenses.registry import build_defense
+from fedrec.config import ExperimentConfig
+from fedrec.engine.context import RunContext
+from fedrec.engine.loop import Trainer
+from fedrec.engine.schedule import RoundSchedule
+from fedrec.errors import ConfigError
+from strategies.optimizer import ServerOptimizer
+from strategies.server import NeedsStackedPath, RoundReport, ServerAggregator, detection_metrics
+
+Params = dict[str, torch.Tensor]
+
+
+def build_aggregator(cfg: ExperimentConfig, item_param_names: tuple[str, ...]) -> ServerAggregator:
+    """The server pipeline of a config (defense + server optimizer)."""
+    fc = cfg.federation
+    defense = build_defense(cfg.defense.name, dict(cfg.defense.params))
+    opt = ServerOptimizer(fc.server_optimizer, fc.server_lr, fc.lr_decay, fc.lr_decay_every,
+                          betas=tuple(fc.server_betas))
+    return ServerAggregator(defense, opt, fc.protocol, item_param_names, cfg.seed)
+
+
+@dataclass
+class Federation:
+    """Everything both engines derive from a config: data/model, threat model, attack, schedule."""
+
+    ctx: RunContext
+    threat: ThreatModel
+    attack: Attack
+    schedule: RoundSchedule
+
+    @classmethod
+    def build(cls, ctx: RunContext) -> Federation:
+        """Resolve threat model, attack and schedule for ``ctx.cfg``."""
+        cfg = ctx.cfg
+        threat = build_threat_model(cfg.attack, ctx.split, cfg.seed)
+        attack = build_attack(cfg.attack.name, dict(cfg.attack.params), cfg.attack.scale)
+        fc = cfg.federation
+        schedule = RoundSchedule(threat.participants(), fc.clients_per_round, cfg.seed,
+                                 epochs=fc.epochs, rounds=fc.rounds)
+        ctx.targets = [int(t) for t in threat.targets]
+        ctx.eval_users = threat.benign_users()
+        return cls(ctx, threat, attack, schedule)
+
+    def round_config(self, round_idx: int) -> RoundConfig:
+        """What clients are told in round ``round_idx``."""
+        fc = self.ctx.cfg.federation
+        return RoundConfig(round=round_idx, epoch=self.schedule.epoch_of(round_idx),
+                           protocol=fc.protocol, seed=self.ctx.cfg.seed,
+                           local_epochs=fc.local_epochs, local_lr=fc.local_lr)
+
+    def client_sequence(self, client_id: int) -> np.ndarray:
+        """Training sequence of a benign client."""
+        return self.ctx.split.train[client_id]
+
+    def is_eval_round(self, round_idx: int) -> bool:
+        """Evaluate after this round?"""
+        fc = self.ctx.cfg.federation
+        if fc.eval_unit == "round":
+            return (round_idx + 1) % fc.eval_every == 0
+        if not self.schedule.is_epoch_end(round_idx):
+            return False
+        return (self.schedule.epoch_of(round_idx) + 1) % fc.eval_every == 0
+
+
+class FederatedTrainer(Trainer):
+    """Local (in-process, batched) federated engine; one step = one round."""
+
+    unit = "round"
+
+    def __init__(self, fed: Federation, aggregator: ServerAggregator, chunk_size: int = 64) -> None:
+        self.fed = fed
+        self.ctx = fed.ctx
+        self.aggregator = aggregator
+        self.chunk_size = chunk_size
+        self.params: Params = {n: p.detach().clone() for n, p in self.ctx.model.named_parameters()}
+        self.malicious = {int(c) for c in fed.threat.malicious_ids}
+        self.last_eval: dict[str, float] = {}
+        self.use_fast_path = aggregator.defense.linear and self.ctx.cfg.federation.protocol == "fedsgd"
+
+    @property
+    def n_steps(self) -> int:
+        """Total rounds."""
+        return self.fed.schedule.n_rounds
+
+    def is_eval_step(self, step: int) -> bool:
+        """Evaluate per ``federation.eval_every``/``eval_unit``."""
+        return self.fed.is_eval_round(step)
+
+    def step_info(self, step: int) -> dict[str, Any]:
+        """Epoch of the round."""
+        return {"epoch": self.fed.schedule.epoch_of(step)}
+
+    # ------------------------------------------------------------------ one round
+    def _malicious_updates(self, ids: np.ndarray, rc: RoundConfig) -> tuple[Params | None, list[int]]:
+        if len(ids) == 0:
+            return None, []
+        ups = [self.fed.attack.craft(self.ctx.model, self.params, int(c), self.fed.threat, rc) for c in ids]
+        stacked = {n: torch.stack([u.params[n] for u in ups]) for n in self.params}
+        return stacked, [u.num_examples for u in ups]
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Run round ``step``."""
+        fed, ctx = self.fed, self.ctx
+        rc = fed.round_config(step)
+        ids = fed.schedule.clients(step)
+        is_mal = np.isin(ids, fed.threat.malicious_ids)
+        benign, mal = ids[~is_mal], ids[is_mal]
+        seqs = [fed.client_sequence(int(c)) for c in benign]
+        mal_stacked, mal_counts = self._malicious_updates(mal, rc)
+        weights_b = [num_examples(s) for s in seqs]
+        losses = None
+        report: RoundReport | None = None
+        if self.use_fast_path and len(benign):
+            weights = torch.tensor(weights_b + mal_counts, dtype=torch.float64)
+            coef = self.aggregator.defense.coefficients(weights)
+            combined, losses = combined_fedsgd_gradient(ctx.model, self.params, seqs, benign,
+                                                        coef[: len(benign)], rc)
+            try:
+                new, report = self.aggregator.round(self.params, mal_stacked, weights, list(mal),
+                                                    step, rc.epoch, combined=(combined, list(benign)))
+            except NeedsStackedPath:
+                report = None
+        if report is None:
+            stacked, losses = batched_updates(ctx.model, self.params, seqs, benign, rc, self.chunk_size)
+            order_ids = np.concatenate([benign, mal])
+            counts = weights_b + mal_counts
+            if mal_stacked is not None:
+                stacked = {n: torch.cat([stacked[n], mal_stacked[n]]) for n in stacked}
+            perm = np.argsort(order_ids, kind="stable")
+            stacked = {n: v[torch.from_numpy(perm)] for n, v in stacked.items()}
+            weights = torch.tensor(counts, dtype=torch.float64)[torch.from_numpy(perm)]
+            new, report = self.aggregator.round(self.params, stacked, weights, order_ids[perm],
+                                                step, rc.epoch)
+        self.params = new
+        out = {"loss": float(losses.mean()) if losses is not None and len(losses) else math.nan,
+               "lr": self.aggregator.optimizer.current_lr(rc.epoch),
+               "clients": float(len(ids)), "dropped": float(len(report.dropped))}
+        out.update({f"defense/{k}": v for k, v in report.extra.items()})
+        out.update({f"defense/{k}": v for k, v in detection_metrics(report, self.malicious).items()})
+        return out
+
+    # ------------------------------------------------------------------ evaluation and state
+    def _load_params(self) -> None:
+        with torch.no_grad():
+            for n, p in self.ctx.model.named_parameters():
+                p.copy_(self.params[n])
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics of the global model on ``split`` over the benign users."""
+        self._load_params()
+        self.last_eval = self.ctx.evaluate(split)
+        return self.last_eval
+
+    def final_metrics(self) -> dict[str, float]:
+        """Test metrics of the final global model."""
+        return self.last_eval or self.evaluate("test")
+
+    def model_state(self) -> dict[str, Any]:
+        """Copy of the global parameters."""
+        return {n: v.clone() for n, v in self.params.items()}
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        """Set the global parameters."""
+        self.params = {n: v.clone() for n, v in state.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Global parameters, server state, torch RNG and the last evaluation."""
+        return {"params": self.model_state(), "server": self.aggregator.state_dict(),
+                "torch_rng": torch.get_rng_state(), "last_eval": dict(self.last_eval)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.load_model_state(state["params"])
+        self.aggregator.load_state_dict(state["server"])
+        torch.set_rng_state(state["torch_rng"])
+        self.last_eval = dict(state.get("last_eval", {}))
+
+
+def build_federated_trainer(ctx: RunContext) -> Trainer:
+    """The federated trainer for ``ctx.cfg.federation.engine``."""
+    cfg = ctx.cfg
+    fed = Federation.build(ctx)
+    aggregator = build_aggregator(cfg, tuple(ctx.model.item_param_names))
+    if cfg.federation.engine == "local":
+        return FederatedTrainer(fed, aggregator)
+    if cfg.federation.engine == "flower":
+        from fedrec.engine.flower import FlowerTrainer
+
+        return FlowerTrainer(fed, aggregator)
+    raise ConfigError(f"federation.engine={cfg.federation.engine!r}: expected 'local' or 'flower'")

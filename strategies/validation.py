@@ -1,0 +1,62 @@
+"""Server-side validation of client updates.
+
+Every update must have exactly the expected parameter names, the expected shapes, and only
+finite values; otherwise it is dropped (with a log line) and the round goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+
+log = logging.getLogger("fedrec")
+
+
+def check_update(update: Mapping[str, object], shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """Why ``update`` is malformed, or None when it is fine.
+
+    Parameters
+    ----------
+    update : mapping
+        ``name -> Tensor`` from one client.
+    shapes : mapping
+        Expected ``name -> shape``.
+    """
+    missing = [n for n in shapes if n not in update]
+    extra = [n for n in update if n not in shapes]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if extra:
+            parts.append(f"unexpected {extra[:3]}")
+        return "wrong keys: " + ", ".join(parts)
+    for name, shape in shapes.items():
+        value = update[name]
+        if not isinstance(value, torch.Tensor):
+            return f"{name}: not a tensor"
+        if tuple(value.shape) != tuple(shape):
+            return f"{name}: shape {tuple(value.shape)}, expected {tuple(shape)}"
+        if not value.is_floating_point():
+            return f"{name}: dtype {value.dtype}, expected floating point"
+        if not bool(torch.isfinite(value).all()):
+            return f"{name}: non-finite values"
+    return None
+
+
+def finite_rows(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``bool[n]``: which clients' stacked updates are entirely finite."""
+    ok = None
+    for value in stacked.values():
+        row_ok = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+        ok = row_ok if ok is None else ok & row_ok
+    assert ok is not None
+    return ok
+
+
+def log_rejections(round_idx: int, client_ids: Sequence[int], reasons: Sequence[str]) -> None:
+    """One warning line per rejected update."""
+    for cid, why in zip(client_ids, reasons):
+        log.warning("round %d: dropped update of client %d (%s)", round_idx, cid, why)
