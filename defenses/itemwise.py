@@ -176,7 +176,8 @@ def itemwise_aggregate(
 
 
 def _sorted_block(values: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    filled = torch.where(valid[:, :, None], values, torch.full((), float("inf"), dtype=values.dtype))
+    inf = torch.full((), float("inf"), dtype=values.dtype)
+    filled = torch.where(valid[:, :, None], values, inf)
     return torch.sort(filled, dim=1)
 
 
@@ -422,7 +423,8 @@ class ItemwiseKrum(_ItemWise):
             f"defense.itemwise_krum.f={self.f}: Krum on the non-item params needs "
             f"2f+2 < n_clients, got n_clients={n}",
         )
-        i = int(krum_select_from_dists(sq_dists_from_gram(gram(stacked, center=True)), self.f, 1)[0])
+        dists = sq_dists_from_gram(gram(stacked, center=True))
+        i = int(krum_select_from_dists(dists, self.f, 1)[0])
         shares = torch.zeros(n, dtype=torch.float64)
         cols = sum(x[0].numel() for x in stacked.values())
         shares[i] = float(cols)

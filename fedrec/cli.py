@@ -15,7 +15,7 @@ import typer
 from fedrec.errors import FedRecError
 from fedrec.logs import setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedrec: federated sequential recommendation security lab.")
 
 try:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from fedrec.errors import ConfigError
+
 NEG_INF = float("-inf")
 
 
@@ -111,7 +113,8 @@ def sample_negatives(
     b, v = forbidden.shape
     available = (~forbidden).sum(1).min().item() if b else v
     if n > available:
-        raise ValueError(f"eval.n_negatives={n}: only {available} items are available for some user")
+        raise ConfigError(f"eval.n_negatives={n}: a user has only {available} items outside their "
+                          "history; lower eval.n_negatives")
     u = torch.rand(b, v, generator=generator, dtype=torch.float64).clamp_min(1e-300)
     key = -torch.log(-torch.log(u))
     if weights is not None:

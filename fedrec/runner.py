@@ -30,6 +30,33 @@ def build_trainer(cfg: ExperimentConfig, ctx: Any) -> Any:
     return build_federated_trainer(ctx)
 
 
+def finish_run(cfg: ExperimentConfig, ctx: Any, trainer: Any, run: RunDir, *, resume: bool,
+               progress: bool) -> dict[str, Any]:
+    """Drive ``trainer`` through the step loop and write the summary.
+
+    Centralized runs select the model on validation and report test metrics of the best
+    epoch; federated runs track test metrics over rounds (the attack literature's protocol)
+    and report those of the final global model.
+    """
+    from fedrec.engine.loop import run_loop
+
+    if cfg.mode == "centralized":
+        summary = run_loop(trainer, run, resume=resume, eval_split="valid",
+                           early_stop_metric=cfg.train.metric, patience=cfg.train.patience,
+                           progress=progress)
+    else:
+        summary = run_loop(trainer, run, resume=resume, eval_split="test",
+                           checkpoint_every=cfg.federation.checkpoint_every, progress=progress,
+                           final_test=False)
+        summary["test"] = trainer.final_metrics()
+    summary.update(name=cfg.name, mode=cfg.mode, dataset=ctx.split.name,
+                   n_users=ctx.split.n_users, n_items=ctx.split.n_items,
+                   n_parameters=sum(p.numel() for p in ctx.model.parameters()),
+                   targets=list(ctx.targets))
+    run.write_summary(summary)
+    return summary
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     run_dir: str | Path | None = None,
@@ -58,9 +85,6 @@ def run_experiment(
     ConfigError
         The run directory already holds a run and neither ``resume`` nor ``overwrite`` is set.
     """
-    from fedrec.engine.context import RunContext
-    from fedrec.engine.loop import run_loop
-
     path = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     if path.exists() and overwrite:
         shutil.rmtree(path)
@@ -73,24 +97,14 @@ def run_experiment(
                           "it or --overwrite to start over")
     run.write_config(dump_config(cfg))
     try:
+        if cfg.mode == "federated" and cfg.federation.engine == "flower":
+            from fedrec.engine.flower import run_flower
+
+            return run_flower(cfg, path, resume=resume, progress=progress)
+        from fedrec.engine.context import RunContext
+
         ctx = RunContext.build(cfg)
-        trainer = build_trainer(cfg, ctx)
-        if cfg.mode == "centralized":
-            summary = run_loop(trainer, run, resume=resume, eval_split="valid",
-                               early_stop_metric=cfg.train.metric, patience=cfg.train.patience,
-                               progress=progress)
-        else:
-            fc = cfg.federation
-            summary = run_loop(trainer, run, resume=resume, eval_split="test",
-                               checkpoint_every=fc.checkpoint_every, progress=progress,
-                               final_test=False)
-            summary["test"] = trainer.final_metrics()
-        summary.update(name=cfg.name, mode=cfg.mode, dataset=ctx.split.name,
-                       n_users=ctx.split.n_users, n_items=ctx.split.n_items,
-                       n_parameters=sum(p.numel() for p in ctx.model.parameters()),
-                       targets=list(ctx.targets))
-        run.write_summary(summary)
-        return summary
+        return finish_run(cfg, ctx, build_trainer(cfg, ctx), run, resume=resume, progress=progress)
     except Exception as exc:
         run.write_error(f"{type(exc).__name__}: {exc}")
         raise

@@ -207,6 +207,7 @@ _TINY = {
     "epochs": 3,
     "patience": 2,
     "lr": 0.01,
+    "num_threads": 1,  # tiny model: avoid thread oversubscription on a shared machine
 }
 
 
@@ -224,9 +225,11 @@ def test_train_multitask_is_reproducible(combiner: str) -> None:
 
 
 def test_train_multitask_learns_the_dense_task() -> None:
-    res = train_multitask({**_TINY, "combiner": "equal_weighting", "epochs": 4,
-                           "synthetic": {"n_rows": 6000, "n_users": 60, "n_items": 80}})
-    assert res["test"]["auc"]["task0"] > 0.6
+    syn = {"n_rows": 6000, "n_users": 60, "n_items": 80, "signal": 4.0}
+    res = train_multitask({**_TINY, "combiner": "gradcraft", "epochs": 6, "synthetic": syn})
+    history = [h["valid_mean_auc"] for h in res["history"]]
+    assert max(history) > history[0] + 0.05
+    assert res["test"]["auc"]["task0"] > 0.6 and res["test"]["auc"]["task1"] > 0.6
 
 
 @pytest.mark.parametrize(

@@ -206,14 +206,10 @@ class FederatedTrainer(Trainer):
 
 
 def build_federated_trainer(ctx: RunContext) -> Trainer:
-    """The federated trainer for ``ctx.cfg.federation.engine``."""
+    """The local-engine federated trainer (the Flower engine drives its own ServerApp)."""
     cfg = ctx.cfg
     fed = Federation.build(ctx)
     aggregator = build_aggregator(cfg, tuple(ctx.model.item_param_names))
-    if cfg.federation.engine == "local":
-        return FederatedTrainer(fed, aggregator)
-    if cfg.federation.engine == "flower":
-        from fedrec.engine.flower import FlowerTrainer
-
-        return FlowerTrainer(fed, aggregator)
-    raise ConfigError(f"federation.engine={cfg.federation.engine!r}: expected 'local' or 'flower'")
+    if cfg.federation.engine != "local":
+        raise ConfigError("federation.engine='flower' runs through fedrec.engine.flower.run_flower")
+    return FederatedTrainer(fed, aggregator)

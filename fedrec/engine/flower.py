@@ -1,0 +1,261 @@
+"""Federated training on the Flower simulation engine (Ray), on the same code path.
+
+* :func:`make_client_app` builds a Flower ``ClientApp`` (Message API) whose ``train`` handler
+  calls the single-client update function (:func:`clients.update.client_update`) or, for a
+  malicious partition, the attack — the same functions the local engine batches.
+* :func:`make_server_app` builds a ``ServerApp`` whose ``main`` drives fedrec's step loop
+  (checkpoints, resume, evaluation) with :class:`FlowerTrainer`: each step sends the round's
+  messages through :class:`strategies.fedrec_strategy.FedRecStrategy` and the ``Grid``.
+* :func:`run_flower` runs both with ``flwr.simulation.run_simulation`` on a fresh local Ray
+  instance (``federation.ray_address: local``) or an existing cluster (``auto`` or
+  ``host:port``). Under ``flwr run`` the module-level ``server_app``/``client_app`` read the
+  experiment from the run config (``config`` = YAML path, ``overrides`` = ``"a.b=1 c=2"``,
+  ``out-dir``).
+
+Partition ``p`` is client ``participants[p]`` (benign users, then added attackers). The server
+learns which node holds which partition with one ``query`` message per node at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from clients.update import client_update
+from fedrec.config import ExperimentConfig, load_config, validate_config
+from fedrec.data.registry import data_root
+from fedrec.engine.context import RunContext
+from fedrec.engine.federated import FederatedTrainer, Federation, build_aggregator
+from fedrec.logs import quiet_third_party
+from strategies.fedrec_strategy import FedRecStrategy
+from strategies.server import ServerAggregator, detection_metrics
+
+log = logging.getLogger("fedrec")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def portable_config(cfg: ExperimentConfig) -> str:
+    """The config as JSON with data locations made absolute (Ray workers may run elsewhere)."""
+    raw = cfg.model_dump(mode="json")
+    data = raw["data"]
+    if data.get("path"):
+        data["path"] = str(Path(data["path"]).expanduser().resolve())
+    root = data_root(data.get("root"))
+    if root is not None:
+        data["root"] = str(root.resolve())
+    return json.dumps(raw, sort_keys=True)
+
+
+_FEDERATIONS: dict[str, Federation] = {}
+
+
+def federation_for(cfg_json: str) -> Federation:
+    """Per-process cache of the data/model/threat model a ClientApp needs."""
+    fed = _FEDERATIONS.get(cfg_json)
+    if fed is None:
+        quiet_third_party()
+        cfg = validate_config(json.loads(cfg_json))
+        torch.set_num_threads(max(1, int(cfg.federation.cpus_per_client)))
+        fed = Federation.build(RunContext.build(cfg))
+        _FEDERATIONS[cfg_json] = fed
+    return fed
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> str:
+    """Experiment JSON from a ``flwr run`` run config (``config`` path + ``overrides``)."""
+    path = Path(str(run_config.get("config", "")))
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    overrides = shlex.split(str(run_config.get("overrides", "")))
+    cfg = load_config(path, overrides)
+    if cfg.federation.engine != "flower":
+        cfg.federation.engine = "flower"
+    return portable_config(cfg)
+
+
+# ----------------------------------------------------------------------------- client side
+
+
+def make_client_app(cfg_json: str | None = None) -> ClientApp:
+    """A ``ClientApp`` for experiment ``cfg_json`` (None: read it from the run config)."""
+    app = ClientApp()
+
+    def experiment(context: Context) -> str:
+        return cfg_json if cfg_json is not None else config_from_run_config(dict(context.run_config))
+
+    @app.query()
+    def whoami(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        fed = federation_for(experiment(context))
+        pid = int(context.node_config["partition-id"])
+        cid = int(fed.threat.participants()[pid])
+        rc = fed.round_config(int(msg.content["config"]["fedrec-round"]))
+        params = msg.content["arrays"].to_torch_state_dict()
+        model = fed.ctx.model
+        if fed.threat.is_malicious(cid):
+            upd = fed.attack.craft(model, params, cid, fed.threat, rc)
+        else:
+            upd = client_update(model, params, fed.client_sequence(cid), cid, rc)
+        metrics = MetricRecord({"num-examples": int(upd.num_examples), "client-id": cid,
+                                "loss": float(upd.metrics.get("loss", 0.0))})
+        arrays = ArrayRecord({k: v.detach().contiguous() for k, v in upd.params.items()})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+# ----------------------------------------------------------------------------- server side
+
+
+def discover_nodes(grid: Grid, timeout: float = 600.0) -> dict[int, int]:
+    """``partition-id -> node id`` for every node, asked with one query message each."""
+    nodes = list(grid.get_node_ids())
+    msgs = [Message(RecordDict({"config": ConfigRecord({"op": "whoami"})}), dst_node_id=n,
+                    message_type=MessageType.QUERY) for n in nodes]
+    out: dict[int, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed the start-up query: "
+                               f"{reply.error.reason}")
+        pid = int(next(iter(reply.content.metric_records.values()))["partition-id"])
+        out[pid] = reply.metadata.src_node_id
+    return out
+
+
+class FlowerTrainer(FederatedTrainer):
+    """Round loop over a Flower ``Grid``; server math shared with the local engine."""
+
+    def __init__(self, fed: Federation, aggregator: ServerAggregator, grid: Grid | None = None,
+                 timeout: float = 3600.0) -> None:
+        super().__init__(fed, aggregator)
+        self.grid = grid
+        self.timeout = timeout
+        self.node_of: dict[int, int] = {}
+        shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+        sched = fed.schedule
+        self.strategy = FedRecStrategy(
+            aggregator, shapes,
+            node_selector=lambda r: [self.node_of[int(c)] for c in sched.clients(r - 1)],
+            epoch_of=lambda r: sched.epoch_of(r - 1),
+            min_available_nodes=1, min_train_nodes=1,
+        )
+
+    def connect(self, grid: Grid) -> None:
+        """Attach to the grid and map partitions (clients) to node ids."""
+        self.grid = grid
+        parts = self.fed.threat.participants()
+        by_pid = discover_nodes(grid)
+        missing = [p for p in range(len(parts)) if p not in by_pid]
+        if missing:
+            raise RuntimeError(f"{len(missing)} partitions have no node (expected {len(parts)})")
+        self.node_of = {int(parts[p]): node for p, node in by_pid.items()}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Send round ``step`` to its clients through Flower and aggregate the replies."""
+        assert self.grid is not None, "FlowerTrainer.connect(grid) first"
+        rc = self.fed.round_config(step)
+        arrays = ArrayRecord({n: v.contiguous() for n, v in self.params.items()})
+        config = ConfigRecord({"fedrec-round": step})
+        msgs = self.strategy.configure_train(step + 1, arrays, config, self.grid)
+        replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
+        new, metrics = self.strategy.aggregate_train(step + 1, replies)
+        if new is not None and self.strategy.current is not None:
+            self.params = {n: v.clone() for n, v in self.strategy.current.items()}
+        report = self.strategy.last_report
+        out = {"loss": float(metrics["loss"]) if metrics is not None else float("nan"),
+               "lr": self.aggregator.optimizer.current_lr(rc.epoch),
+               "clients": float(len(msgs)),
+               "dropped": float(len(report.dropped)) if report else 0.0}
+        if report is not None:
+            out.update({f"defense/{k}": v for k, v in report.extra.items()})
+            out.update({f"defense/{k}": v for k, v in detection_metrics(report, self.malicious).items()})
+        return out
+
+
+def make_server_app(cfg_json: str | None = None, run_dir: str | None = None, resume: bool = False,
+                    progress: bool = False, results: dict[str, Any] | None = None) -> ServerApp:
+    """A ``ServerApp`` that runs the whole experiment (our step loop over the grid)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedrec.results import RunDir
+        from fedrec.runner import finish_run
+
+        quiet_third_party()
+        exp = cfg_json if cfg_json is not None else config_from_run_config(dict(context.run_config))
+        cfg = validate_config(json.loads(exp))
+        out = run_dir or str(context.run_config.get("out-dir", "")) or str(Path(cfg.output_dir) / cfg.name)
+        ctx = RunContext.build(cfg)
+        fed = Federation.build(ctx)
+        trainer = FlowerTrainer(fed, build_aggregator(cfg, tuple(ctx.model.item_param_names)))
+        trainer.connect(grid)
+        run = RunDir(out)
+        if not resume:
+            from fedrec.config import dump_config
+
+            run.write_config(dump_config(cfg))
+        summary = finish_run(cfg, ctx, trainer, run, resume=resume, progress=progress)
+        if results is not None:
+            results["summary"] = summary
+
+    return app
+
+
+def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Ray backend settings: explicit address, quiet logs, CPUs per client."""
+    fc = cfg.federation
+    init_args: dict[str, Any] = {"address": fc.ray_address, "logging_level": "ERROR",
+                                 "log_to_driver": False}
+    return {"client_resources": {"num_cpus": fc.cpus_per_client, "num_gpus": 0.0},
+            "init_args": init_args}
+
+
+def run_flower(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
+               progress: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` on the Flower simulation engine; return the summary."""
+    quiet_third_party()
+    from flwr.simulation import run_simulation
+
+    cfg_json = portable_config(cfg)
+    n_nodes = len(federation_for(cfg_json).threat.participants())
+    results: dict[str, Any] = {}
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.ERROR if not log.isEnabledFor(logging.INFO) else logging.WARNING)
+    env_before = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = "ignore"
+    try:
+        run_simulation(server_app=make_server_app(cfg_json, str(run_dir), resume, progress, results),
+                       client_app=make_client_app(cfg_json), num_supernodes=n_nodes,
+                       backend_config=backend_config(cfg))
+    finally:
+        flwr_logger.setLevel(level)
+        if env_before is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = env_before
+    if "summary" not in results:
+        raise RuntimeError("the Flower run ended without a summary (see the log above)")
+    return results["summary"]
+
+
+# Entry points for `flwr run` ([tool.flwr.app.components] in pyproject.toml).
+client_app = make_client_app()
+server_app = make_server_app()
