@@ -57,7 +57,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """Model architecture and loss."""
 
-    name: Literal["sasrec", "bert4rec", "gru4rec"] = "sasrec"
+    name: str = "sasrec"
     hidden: int = Field(64, ge=1)
     blocks: int = Field(2, ge=1)
     heads: int = Field(1, ge=1)
@@ -68,9 +68,25 @@ class ModelConfig(Section):
     loss: Literal["bce", "ce"] | None = None
     n_neg: int = Field(1, ge=1)
     mask_prob: float = Field(0.15, gt=0, lt=1)
+    params: dict[str, Any] = Field(default_factory=dict)
 
     def build_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`fedrec.models.build_model`."""
+        """Keyword arguments for :func:`fedrec.models.build_model`.
+
+        The common fields are passed when the model accepts them; ``params`` holds
+        model-specific extras (e.g. GCL4SR's loss weights) and is passed as is.
+        """
+        if self.name not in ("sasrec", "bert4rec", "gru4rec"):
+            from fedrec.models import model_params
+
+            accepted = set(model_params(self.name))
+            common = {"hidden": self.hidden, "dropout": self.dropout, "max_len": self.max_len,
+                      "blocks": self.blocks, "heads": self.heads, "layers": self.layers,
+                      "attn_dropout": self.attn_dropout, "n_neg": self.n_neg,
+                      "mask_prob": self.mask_prob}
+            if self.loss is not None:
+                common["loss_type"] = self.loss
+            return {**{k: v for k, v in common.items() if k in accepted}, **self.params}
         common = {"hidden": self.hidden, "dropout": self.dropout, "max_len": self.max_len}
         if self.name == "sasrec":
             kw = {**common, "blocks": self.blocks, "heads": self.heads,
@@ -83,7 +99,7 @@ class ModelConfig(Section):
         else:
             kw = {**common, "layers": self.layers, "loss_type": self.loss or "bce",
                   "n_neg": self.n_neg}
-        return kw
+        return {**kw, **self.params}
 
 
 class TrainConfig(Section):

@@ -22,6 +22,9 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
 def build_trainer(cfg: ExperimentConfig, ctx: Any) -> Any:
     """The trainer for ``cfg.mode``."""
     if cfg.mode == "centralized":
+        make = getattr(ctx.model, "make_trainer", None)  # methods with their own training loop
+        if make is not None:
+            return make(ctx)
         from fedrec.engine.centralized import CentralizedTrainer
 
         return CentralizedTrainer(ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -17,10 +18,31 @@ MODELS: dict[str, type[SequentialRecommender]] = {
     "gru4rec": GRU4Rec,
 }
 
+#: Models defined outside this package (centralized baselines), imported on first use as
+#: ``"module:ClassName"``.
+LAZY_MODELS: dict[str, str] = {
+    "gcl4sr": "fedrec.baselines.gcl4sr.model:GCL4SR",
+}
+
+
+def model_class(name: str) -> type[SequentialRecommender]:
+    """The class registered under ``name`` (imports lazily registered ones)."""
+    if name not in MODELS and name in LAZY_MODELS:
+        module, cls = LAZY_MODELS[name].split(":")
+        MODELS[name] = getattr(importlib.import_module(module), cls)
+    if name not in MODELS:
+        raise ConfigError(f"model.name={name!r}: expected one of {', '.join(all_model_names())}")
+    return MODELS[name]
+
+
+def all_model_names() -> list[str]:
+    """Names of every registered model."""
+    return sorted(set(MODELS) | set(LAZY_MODELS))
+
 
 def model_params(name: str) -> list[str]:
     """Keyword parameters a model accepts (besides ``n_items``)."""
-    sig = inspect.signature(MODELS[name].__init__)
+    sig = inspect.signature(model_class(name).__init__)
     return [p for p in sig.parameters if p not in ("self", "n_items")]
 
 
@@ -32,8 +54,7 @@ def build_model(name: str, n_items: int, **params: Any) -> SequentialRecommender
     ConfigError
         Unknown model name or parameter.
     """
-    if name not in MODELS:
-        raise ConfigError(f"model.name={name!r}: expected one of {', '.join(MODELS)}")
+    cls = model_class(name)
     allowed = model_params(name)
     for key in params:
         if key not in allowed:
@@ -41,7 +62,7 @@ def build_model(name: str, n_items: int, **params: Any) -> SequentialRecommender
                 f"model.{key}: not a parameter of {name} (accepted: {', '.join(allowed)})"
             )
     try:
-        return MODELS[name](n_items=n_items, **params)
+        return cls(n_items=n_items, **params)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

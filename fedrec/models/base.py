@@ -60,8 +60,12 @@ class SequentialRecommender(nn.Module, ABC):
 
     # ------------------------------------------------------------------ encoder
     @abstractmethod
-    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``[B, L, d]`` for left-padded item ids ``[B, L]``."""
+    def encode(self, inputs: torch.Tensor, input_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``[B, L, d]`` for left-padded item ids ``[B, L]``.
+
+        ``input_embeddings`` ``[B, L, d]``, when given, replaces the lookup of ``inputs`` in the
+        input item-embedding table (``inputs`` still marks padding).
+        """
 
     def item_embeddings(self) -> torch.Tensor:
         """Output item embedding matrix ``[n_items + 1, d]`` used for scoring."""

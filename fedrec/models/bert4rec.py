@@ -88,14 +88,18 @@ class BERT4Rec(SequentialRecommender):
         self.out_bias = nn.Parameter(torch.zeros(n_items + 1))
         init_weights(self)
 
-    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Bidirectional hidden states, passed through the output head, ``[B, L, d]``."""
+    def encode(self, inputs: torch.Tensor, input_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Bidirectional hidden states, passed through the output head, ``[B, L, d]``.
+
+        ``input_embeddings`` replaces the item-embedding lookup (see SASRec).
+        """
         n = inputs.shape[-1]
         if n > self.max_len:
             raise ValueError(f"input width {n} exceeds model.max_len={self.max_len}")
         keep = (inputs > 0).unsqueeze(-1)
         pos = torch.arange(self.max_len - n, self.max_len, device=inputs.device)
-        x = F.embedding(inputs, self.item_emb.weight, padding_idx=0) + self.pos_emb(pos)
+        emb = F.embedding(inputs, self.item_emb.weight, padding_idx=0) if input_embeddings is None else input_embeddings
+        x = emb + self.pos_emb(pos)
         x = self.emb_drop(self.ln_emb(x)) * keep
         allowed = attention_mask(inputs, causal=False)
         for block in self.blocks:

@@ -78,10 +78,11 @@ class GRU4Rec(SequentialRecommender):
         for gru in self.grus:  # orthogonal-ish recurrent init keeps the recurrence stable
             nn.init.normal_(gru.w_h.weight, std=1.0 / math.sqrt(hidden))
 
-    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``[B, L, d]``."""
+    def encode(self, inputs: torch.Tensor, input_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``[B, L, d]`` (``input_embeddings`` replaces the lookup, see SASRec)."""
         keep = (inputs > 0).unsqueeze(-1).to(torch.float32)
-        x = self.drop(F.embedding(inputs, self.item_emb.weight, padding_idx=0))
+        emb = F.embedding(inputs, self.item_emb.weight, padding_idx=0) if input_embeddings is None else input_embeddings
+        x = self.drop(emb)
         for gru in self.grus:
             x = gru(x, keep)
         return self.drop(x)

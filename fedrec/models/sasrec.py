@@ -84,13 +84,18 @@ class SASRec(SequentialRecommender):
         self.ln_out = nn.LayerNorm(hidden, eps=1e-8)
         init_weights(self)
 
-    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Causal hidden states ``[B, L, d]``."""
+    def encode(self, inputs: torch.Tensor, input_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal hidden states ``[B, L, d]``.
+
+        ``input_embeddings`` ``[B, L, d]`` replaces the item-embedding lookup of ``inputs``
+        (which still defines padding); attacks use it to take gradients w.r.t. the input.
+        """
         n = inputs.shape[-1]
         if n > self.max_len:
             raise ValueError(f"input width {n} exceeds model.max_len={self.max_len}")
         keep = (inputs > 0).unsqueeze(-1)
-        x = F.embedding(inputs, self.item_emb.weight, padding_idx=0) * math.sqrt(self.hidden)
+        emb = F.embedding(inputs, self.item_emb.weight, padding_idx=0) if input_embeddings is None else input_embeddings
+        x = emb * math.sqrt(self.hidden)
         pos = torch.arange(self.max_len - n, self.max_len, device=inputs.device)
         x = self.emb_drop(x + self.pos_emb(pos)) * keep
         allowed = attention_mask(inputs, causal=True)
