@@ -122,14 +122,14 @@ def client_update(
         loss.backward()
         grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
                  for n, p in model.named_parameters()}
-        return Update(grads, num_examples(seq), {"loss": float(loss)})
+        return Update(grads, num_examples(seq), {"loss": loss.item()})
     losses = []
     for e in range(rc.local_epochs):
         batch = model.prepare_batch([seq], client_keys(rc, [client_id], e))
         model.zero_grad(set_to_none=True)
         loss = model(batch)[0]
         loss.backward()
-        losses.append(float(loss))
+        losses.append(loss.item())
         with torch.no_grad():
             for p in model.parameters():
                 if p.grad is not None:

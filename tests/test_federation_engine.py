@@ -1,0 +1,121 @@
+"""The local federated engine: rounds, resume, rejection of bad updates, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.base import Attack
+from attacks.registry import ATTACKS
+from clients.update import Update
+from fedrec.config import load_config
+from fedrec.engine.loop import Trainer
+from fedrec.results import RunDir
+from fedrec.runner import run_experiment
+
+torch.set_num_threads(1)
+
+TINY = {
+    "mode": "federated",
+    "data": {"synthetic": {"n_users": 60, "n_items": 40, "max_len": 20, "mean_len": 8}},
+    "model": {"name": "sasrec", "hidden": 8, "blocks": 1, "dropout": 0.1, "max_len": 10},
+    "federation": {"protocol": "fedsgd", "epochs": 3, "clients_per_round": 25, "server_lr": 0.05},
+    "eval": {"n_negatives": 10, "ks": [10]},
+    "defense": {"name": "mean"},
+}
+
+
+def _cfg(**over):
+    raw = json.loads(json.dumps(TINY))
+    for key, value in over.items():
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return load_config(base=raw)
+
+
+def _records(path):
+    out = []
+    for r in RunDir(path).read_metrics():
+        out.append({k: v for k, v in r.items() if k != "seconds"})
+    return out
+
+
+def test_same_seed_same_results(tmp_path):
+    a = run_experiment(_cfg(), tmp_path / "a", progress=False)
+    b = run_experiment(_cfg(), tmp_path / "b", progress=False)
+    assert a["test"] == b["test"]
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")
+    c = run_experiment(_cfg(seed=1), tmp_path / "c", progress=False)
+    assert c["test"] != a["test"]
+
+
+@pytest.mark.parametrize("protocol,defense", [("fedsgd", "mean"), ("fedavg", "median")])
+def test_interrupted_run_resumes_to_identical_result(tmp_path, monkeypatch, protocol, defense):
+    cfg = _cfg(**{"federation.protocol": protocol, "defense.name": defense,
+                  "federation.local_epochs": 2})
+    full = run_experiment(cfg, tmp_path / "full", progress=False)
+
+    from fedrec.engine import federated
+
+    original = federated.FederatedTrainer.train_step
+    calls = {"n": 0}
+
+    def crashing(self, step):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, step)
+
+    monkeypatch.setattr(federated.FederatedTrainer, "train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "cut", progress=False)
+    assert not RunDir(tmp_path / "cut").is_finished()
+    monkeypatch.setattr(federated.FederatedTrainer, "train_step", original)
+    resumed = run_experiment(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert resumed["test"] == full["test"]
+    assert _records(tmp_path / "cut") == _records(tmp_path / "full")
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["trainer"]["params"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["trainer"]["params"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _NaNAttack(Attack):
+    name = "_test_nan"
+
+    def _craft(self, model, global_params, client_id, threat, rc):
+        return Update({n: torch.full_like(p, float("nan")) for n, p in global_params.items()}, 5)
+
+
+@pytest.mark.parametrize("defense", ["sum", "median"])
+def test_nonfinite_malicious_update_is_dropped(tmp_path, monkeypatch, defense):
+    monkeypatch.setitem(ATTACKS, _NaNAttack.name, _NaNAttack)
+    cfg = _cfg(**{"attack.name": "_test_nan", "attack.fraction": 0.05, "defense.name": defense,
+                  "federation.epochs": 1})
+    summary = run_experiment(cfg, tmp_path / "r", progress=False)
+    recs = RunDir(tmp_path / "r").read_metrics()
+    assert sum(r["train/dropped"] for r in recs) == 3  # 3 attackers, each once per epoch
+    assert all(np.isfinite(v) for v in summary["test"].values())
+    # dropped clients count as flagged: recall is 1 in rounds where an attacker took part
+    assert all(r["train/defense/detect_recall"] == 1.0 for r in recs
+               if r["train/defense/malicious_in_round"] > 0)
+
+
+def test_federated_trainer_is_a_trainer():
+    from fedrec.engine.federated import FederatedTrainer
+
+    assert issubclass(FederatedTrainer, Trainer)
+
+
+def test_unknown_defense_and_attack_are_one_line_errors(tmp_path):
+    from fedrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="defense"):
+        run_experiment(_cfg(**{"defense.name": "nope"}), tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="attack.name"):
+        run_experiment(_cfg(**{"attack.name": "nope"}), tmp_path / "y", progress=False)

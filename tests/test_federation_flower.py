@@ -1,0 +1,102 @@
+"""The Flower engine on a real Ray head: same global parameters as the local engine.
+
+Starts ``ray start --head`` on 127.0.0.1 (its own temp dir and port), attaches the Flower
+simulation to it by address, and stops exactly the head it started (its process group).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedrec.config import load_config
+from fedrec.results import RunDir
+from fedrec.runner import run_experiment
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "mode": "federated",
+    "data": {"synthetic": {"n_users": 30, "n_items": 40, "max_len": 20, "mean_len": 8}},
+    "model": {"name": "sasrec", "hidden": 8, "blocks": 1, "dropout": 0.0, "max_len": 10},
+    "federation": {"rounds": 2, "clients_per_round": 12, "server_lr": 0.2, "local_epochs": 2,
+                   "local_lr": 0.3},
+    "eval": {"n_negatives": 10, "ks": [10]},
+    "attack": {"name": "none"},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats", f"--temp-dir={temp}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("ray start --head exited early")
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("Ray head did not come up")
+    time.sleep(2)
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _run(tmp_path, name, protocol, defense, engine, address=None):
+    raw = json.loads(json.dumps(TINY))
+    raw["federation"].update(protocol=protocol, engine=engine)
+    if address:
+        raw["federation"]["ray_address"] = address
+    raw["defense"] = {"name": defense}
+    out = tmp_path / name
+    summary = run_experiment(load_config(base=raw), out, progress=False)
+    params = torch.load(out / "checkpoint.pt", weights_only=False)["trainer"]["params"]
+    return summary, params, out
+
+
+@pytest.mark.parametrize("protocol,defense", [("fedsgd", "sum"), ("fedavg", "median")])
+def test_flower_engine_attached_to_ray_head_matches_local_engine(tmp_path, ray_head, protocol, defense):
+    local, p_local, _ = _run(tmp_path, "local", protocol, defense, "local")
+    flower, p_flower, out = _run(tmp_path, "flower", protocol, defense, "flower", ray_head)
+    diff = max((p_local[k] - p_flower[k]).abs().max().item() for k in p_local)
+    assert diff <= 1e-5
+    assert RunDir(out).is_finished() and len(RunDir(out).read_metrics()) == 2
+    for k, v in local["test"].items():
+        assert flower["test"][k] == pytest.approx(v, abs=1e-6)
+    # the head is still alive after the run (Flower only disconnected from it)
+    host, port = ray_head.split(":")
+    with socket.create_connection((host, int(port)), timeout=2):
+        pass
