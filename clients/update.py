@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
+from fedrec.data.buckets import length_buckets
 from fedrec.data.random import stream_key
 from fedrec.models import SequentialRecommender
 from fedrec.models.transformer import vmap_safe_attention
@@ -149,27 +150,37 @@ def combined_fedsgd_gradient(
     coefficients: torch.Tensor,
     rc: RoundConfig,
 ) -> tuple[Params, torch.Tensor]:
-    """``sum_i c_i * grad L_i`` for many FedSGD clients with one forward/backward.
+    """``sum_i c_i * grad L_i`` for many FedSGD clients, batched.
 
-    This is all a linear aggregation rule (sum, mean, weighted mean) needs, and costs about one
-    batched forward/backward over the clients' sequences.
+    This is all a linear aggregation rule (sum, mean, weighted mean) needs. The clients are
+    split into a few length buckets (:func:`fedrec.data.buckets.length_buckets`), each one
+    forward/backward, so short sequences are not padded to the longest one of the round.
 
     Returns
     -------
     grads : dict
         The combined gradient.
     losses : Tensor
-        Each client's loss ``[n]``.
+        Each client's loss ``[n]`` (in input order).
     """
     params = {n: p.detach().requires_grad_(True) for n, p in global_params.items()}
-    model.train()
-    batch = model.prepare_batch(seqs, client_keys(rc, client_ids))
-    losses = functional_call(model, params, (batch,))
-    total = (losses * coefficients.to(losses.dtype)).sum()
     names = list(params)
-    grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
-    out = {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
-    return out, losses.detach()
+    model.train()
+    ids = np.asarray(client_ids)
+    coefficients = coefficients.to(torch.float32)
+    out = {n: torch.zeros_like(params[n]) for n in names}
+    losses = torch.zeros(len(seqs))
+    lengths = np.array([len(s) - 1 for s in seqs])
+    for group in length_buckets(lengths, model.max_len):
+        batch = model.prepare_batch([seqs[i] for i in group], client_keys(rc, ids[group]))
+        group_losses = functional_call(model, params, (batch,))
+        total = (group_losses * coefficients[torch.from_numpy(group)]).sum()
+        grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
+        for n, g in zip(names, grads):
+            if g is not None:
+                out[n] += g
+        losses[torch.from_numpy(group)] = group_losses.detach()
+    return out, losses
 
 
 def _row_loss_fn(model: SequentialRecommender):
@@ -203,7 +214,8 @@ def batched_updates(
 
     Per-client gradients come from ``torch.func.vmap(grad(loss))`` with ``functional_call``;
     FedAvg runs its local SGD steps inside the vmapped function, so all clients train at once.
-    Clients are processed in chunks of ``chunk_size`` to bound memory.
+    Clients are processed in length buckets, in chunks of at most ``chunk_size`` to bound
+    memory; rows come back in input order.
 
     Returns
     -------
@@ -218,10 +230,15 @@ def batched_updates(
     model.train()
     chunks_out: list[Params] = []
     chunk_losses: list[torch.Tensor] = []
+    chunk_rows: list[np.ndarray] = []
+    lengths = np.array([len(s) - 1 for s in seqs])
+    chunks = [g[i:i + chunk_size] for g in length_buckets(lengths, model.max_len)
+              for i in range(0, len(g), chunk_size)]
     with vmap_safe_attention():
-        for start in range(0, len(seqs), chunk_size):
-            part = list(seqs[start:start + chunk_size])
-            ids = np.asarray(client_ids[start:start + chunk_size])
+        for rows in chunks:
+            chunk_rows.append(rows)
+            part = [seqs[i] for i in rows]
+            ids = np.asarray(client_ids)[rows]
             if rc.protocol == "fedsgd":
                 batch = model.prepare_batch(part, client_keys(rc, ids))
                 g, loss = vmap(value_and_grad, in_dims=(None, 0), randomness="different")(base, batch)
@@ -247,5 +264,6 @@ def batched_updates(
             chunks_out.append(d)
             chunk_losses.append(loss.detach())
     names = list(base)
-    stacked = {n: torch.cat([c[n] for c in chunks_out]).detach() for n in names}
-    return stacked, torch.cat(chunk_losses)
+    inverse = torch.from_numpy(np.argsort(np.concatenate(chunk_rows), kind="stable"))
+    stacked = {n: torch.cat([c[n] for c in chunks_out]).detach()[inverse] for n in names}
+    return stacked, torch.cat(chunk_losses)[inverse]

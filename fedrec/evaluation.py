@@ -124,9 +124,13 @@ def evaluate(
     sums: dict[str, float] = {}
     n_users = 0
     n_eligible = 0
+    # users sorted by history length so each chunk is padded only to its own longest member
+    order = np.argsort([min(len(h), max_len) for h in histories], kind="stable")
+    held_out = np.asarray(held_out)
     for start in range(0, len(histories), protocol.batch_users):
-        hist = histories[start:start + protocol.batch_users]
-        item = torch.as_tensor(held_out[start:start + protocol.batch_users], dtype=torch.long)
+        rows = order[start:start + protocol.batch_users]
+        hist = [histories[i] for i in rows]
+        item = torch.as_tensor(held_out[rows], dtype=torch.long)
         scores = scorer(to_tensor(pad_left(hist, max_len))).to(torch.float32)
         hmask = history_mask([torch.as_tensor(h) for h in hist], v)
         b = len(hist)

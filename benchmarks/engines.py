@@ -1,0 +1,176 @@
+"""Throughput and memory of the federated engines (FedSGD rounds of 256 clients).
+
+Variants, each measured in a fresh subprocess (so peak RSS is its own):
+
+* ``a``   local engine, sum aggregation: one batched forward/backward per round
+* ``a2``  local engine with per-client updates materialised (``torch.func.vmap``), as robust
+          rules need, then the server pipeline with ``mean`` on the stacked updates
+* ``b``   naive per-client loop: deep-copy the model per client and backpropagate each (how
+          the public DV-FSR reference code works)
+* ``c``   Flower simulation engine on a fresh local Ray instance (steady-state rounds; start-up
+          reported separately)
+* ``f``   the floor: one plain batched forward/backward over the same 256 sequences
+
+Also times a full FedSGD epoch over all clients with ``a``.
+
+Usage::
+
+    python benchmarks/engines.py --datasets steam ml-1m --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def experiment(dataset: str, engine: str = "local", rounds: int | None = None, epochs: int = 1) -> dict:
+    """The DV-FSR-like setting: SASRec d=64, 2 blocks, 2 heads, max_len 200, FedSGD, 256/round."""
+    fed = {"protocol": "fedsgd", "clients_per_round": 256, "server_lr": 1e-3, "engine": engine,
+           "eval_every": 1000}
+    if rounds is not None:
+        fed.update(rounds=rounds, epochs=None)
+    else:
+        fed.update(epochs=epochs)
+    return {"mode": "federated", "name": f"bench-{dataset}", "data": {"name": dataset},
+            "model": {"name": "sasrec", "hidden": 64, "blocks": 2, "heads": 2, "dropout": 0.1,
+                      "max_len": 200},
+            "federation": fed, "defense": {"name": "sum"}, "attack": {"name": "none"},
+            "eval": {"n_negatives": 100}}
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def child(variant: str, dataset: str, rounds: int) -> dict:
+    import numpy as np
+    import torch
+
+    from clients.update import RoundConfig, batched_updates, combined_fedsgd_gradient, num_examples
+    from fedrec.config import load_config
+    from fedrec.data.random import stream_key
+    from fedrec.engine.context import RunContext
+    from fedrec.engine.federated import Federation, FederatedTrainer, build_aggregator
+
+    cfg = load_config(base=experiment(dataset))
+    ctx = RunContext.build(cfg)
+    fed = Federation.build(ctx)
+    model = ctx.model
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sched = fed.schedule
+    times = []
+    if variant == "epoch":
+        tr = FederatedTrainer(fed, build_aggregator(cfg, model.item_param_names))
+        t0 = time.perf_counter()
+        for step in range(sched.rounds_per_epoch):
+            tr.train_step(step)
+        return {"epoch_s": time.perf_counter() - t0, "rounds": sched.rounds_per_epoch,
+                "clients": len(fed.threat.participants()), "peak_mb": peak_mb()}
+    for r in range(rounds + 1):  # round 0 is warm-up
+        ids = sched.clients(r)
+        seqs = [ctx.split.train[int(c)] for c in ids]
+        rc = RoundConfig(round=r, epoch=0, seed=cfg.seed)
+        t0 = time.perf_counter()
+        if variant == "a":
+            tr = FederatedTrainer(fed, build_aggregator(cfg, model.item_param_names)) if r == 0 else tr
+            tr.train_step(r)
+        elif variant == "a2":
+            stacked, _ = batched_updates(model, params, seqs, ids, rc, chunk_size=64)
+            agg = build_aggregator(load_config(base={**experiment(dataset), "defense": {"name": "mean"}}),
+                                   model.item_param_names)
+            w = torch.tensor([num_examples(s) for s in seqs], dtype=torch.float64)
+            agg.round(params, stacked, w, ids, r, 0)
+        elif variant == "b":
+            total = {n: torch.zeros_like(p) for n, p in params.items()}
+            for cid, seq in zip(ids, seqs):
+                local = copy.deepcopy(model)
+                local.train()
+                batch = local.prepare_batch([seq], stream_key(cfg.seed, r, np.array([cid]), 0))
+                local.zero_grad()
+                local(batch)[0].backward()
+                for n, p in local.named_parameters():
+                    total[n] += p.grad
+        elif variant == "f":
+            model.train()
+            batch = model.prepare_batch(seqs, stream_key(cfg.seed, r, ids, 0))
+            model.zero_grad()
+            model.loss(batch).backward()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times[1:])
+    return {"round_s": med, "updates_per_s": 256 / med, "peak_mb": peak_mb(),
+            "width": int(max(min(len(s), 200) for s in seqs))}
+
+
+def flower(dataset: str, rounds: int) -> dict:
+    import tempfile
+
+    from fedrec.config import load_config
+    from fedrec.results import RunDir
+    from fedrec.runner import run_experiment
+
+    cfg = load_config(base=experiment(dataset, engine="flower", rounds=rounds + 1))
+    out = Path(tempfile.mkdtemp()) / "run"
+    t0 = time.perf_counter()
+    run_experiment(cfg, out, progress=False)
+    total = time.perf_counter() - t0
+    secs = [r["seconds"] for r in RunDir(out).read_metrics()]
+    med = statistics.median(secs[1:])
+    return {"round_s": med, "updates_per_s": 256 / med, "first_round_s": secs[0],
+            "total_s": total, "peak_mb": peak_mb()}
+
+
+def run_child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
+                         text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["steam", "ml-1m"])
+    ap.add_argument("--variants", nargs="+", default=["f", "a", "a2", "b", "c", "epoch"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--child", nargs=3, metavar=("VARIANT", "DATASET", "ROUNDS"))
+    args = ap.parse_args()
+    if args.child:
+        variant, dataset, rounds = args.child
+        res = flower(dataset, int(rounds)) if variant == "c" else child(variant, dataset, int(rounds))
+        print(json.dumps(res))
+        return
+    rows = []
+    for ds in args.datasets:
+        res = {v: run_child([v, ds, str(args.rounds)]) for v in args.variants}
+        floor = res.get("f", {}).get("round_s")
+        for v in args.variants:
+            r = res[v]
+            row = {"dataset": ds, "variant": v, **r}
+            if floor and "round_s" in r:
+                row["x_floor"] = r["round_s"] / floor
+            rows.append(row)
+        if "a" in res and "b" in res and "round_s" in res["a"] and "round_s" in res["b"]:
+            rows.append({"dataset": ds, "variant": "a vs b", "speedup": res["b"]["round_s"] / res["a"]["round_s"]})
+        if "a" in res and "c" in res and "round_s" in res["a"] and "round_s" in res["c"]:
+            rows.append({"dataset": ds, "variant": "a vs c", "speedup": res["c"]["round_s"] / res["a"]["round_s"]})
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
