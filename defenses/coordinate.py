@@ -72,7 +72,7 @@ def coordinate_trimmed_mean(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     Returns
     -------
     mean : Tensor
-        ``[N]`` in the dtype of ``x`` (accumulated in float64).
+        ``[N]`` in the dtype of ``x``.
     shares : Tensor
         ``float64[n]``: summed over columns, ``1 / (n - 2k)`` for each kept value.
 
@@ -84,17 +84,20 @@ def coordinate_trimmed_mean(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     n, cols = x.shape
     if not 0 <= 2 * k < n:
         raise ValueError(f"trimmed mean: need 0 <= 2k < n, got k={k}, n={n}")
-    total = x.sum(dim=0, dtype=torch.float64)
     trimmed = torch.zeros(n, dtype=torch.float64)
-    if k > 0:
-        hi = x.topk(k, dim=0, largest=True)
-        lo = x.topk(k, dim=0, largest=False)
-        total -= hi.values.sum(dim=0, dtype=torch.float64)
-        total -= lo.values.sum(dim=0, dtype=torch.float64)
-        trimmed += torch.bincount(hi.indices.reshape(-1), minlength=n).to(torch.float64)
-        trimmed += torch.bincount(lo.indices.reshape(-1), minlength=n).to(torch.float64)
+    if k == 0:
+        return x.mean(dim=0), torch.full((n,), cols / n, dtype=torch.float64)
+    # mask the k smallest, then the k largest among the rest (disjoint even with ties), and sum
+    # the others: the trimmed values are never added, so huge outliers cost no precision
+    lo = x.topk(k, dim=0, largest=False).indices
+    trim = torch.zeros(x.shape, dtype=torch.bool).scatter_(0, lo, True)
+    hi = x.masked_fill(trim, float("-inf")).topk(k, dim=0, largest=True).indices
+    trim.scatter_(0, hi, True)
+    total = x.masked_fill(trim, 0.0).sum(dim=0)
+    trimmed += torch.bincount(hi.reshape(-1), minlength=n).to(torch.float64)
+    trimmed += torch.bincount(lo.reshape(-1), minlength=n).to(torch.float64)
     shares = (cols - trimmed) / (n - 2 * k)
-    return (total / (n - 2 * k)).to(x.dtype), shares
+    return total / (n - 2 * k), shares
 
 
 def _per_param(stacked: Stacked, fn) -> tuple[dict[str, Tensor], Tensor, int]:

@@ -120,29 +120,28 @@ def bulyan_coordinate(xs: Tensor, beta: int) -> tuple[Tensor, Tensor]:
     Returns
     -------
     values : Tensor
-        ``[N]`` in the dtype of ``xs`` (accumulated in float64).
+        ``[N]`` in the dtype of ``xs``.
     shares : Tensor
         ``float64[theta]``: per row, the summed weight ``1 / beta`` over the columns where it
         is among the ``beta`` closest.
     """
     theta, cols = xs.shape
-    med, _ = coordinate_median(xs)
-    diff = (xs - med).abs_()
     drop = theta - beta
     if drop == 0:
-        total = xs.sum(dim=0, dtype=torch.float64)
-        shares = torch.full((theta,), cols / beta, dtype=torch.float64)
-    elif drop < beta:  # cheaper to find the values to remove
+        return xs.mean(dim=0), torch.full((theta,), cols / beta, dtype=torch.float64)
+    med, _ = coordinate_median(xs)
+    diff = (xs - med).abs_()
+    if drop < beta:  # cheaper to find the values to remove; mask them (no subtraction)
         idx = diff.topk(drop, dim=0, largest=True).indices
-        total = xs.sum(dim=0, dtype=torch.float64)
-        total -= xs.gather(0, idx).sum(dim=0, dtype=torch.float64)
+        dropped = torch.zeros(xs.shape, dtype=torch.bool).scatter_(0, idx, True)
+        total = xs.masked_fill(dropped, 0.0).sum(dim=0)
         removed = torch.bincount(idx.reshape(-1), minlength=theta).to(torch.float64)
         shares = (cols - removed) / beta
     else:
         idx = diff.topk(beta, dim=0, largest=False).indices
-        total = xs.gather(0, idx).sum(dim=0, dtype=torch.float64)
+        total = xs.gather(0, idx).sum(dim=0)
         shares = torch.bincount(idx.reshape(-1), minlength=theta).to(torch.float64) / beta
-    return (total / beta).to(xs.dtype), shares
+    return total / beta, shares
 
 
 def _check_f(rule: str, f: int) -> int:

@@ -49,7 +49,7 @@ non-item coefficients. The paper's client-side clipping level is not part of thi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -68,7 +68,9 @@ from .base import (
     client_sq_norms,
     combine,
     gram,
+    row_blocks,
     sq_dists_from_gram,
+    touched_rows,
 )
 from .clipping import clip_scales
 from .coordinate import coordinate_median, coordinate_trimmed_mean, trim_count
@@ -85,47 +87,11 @@ __all__ = [
     "touched_rows",
 ]
 
-#: Elements per padded block ``[rows, max_count, row_dim]`` (also bounds ``rows * count^2``).
-BLOCK_ELEMENTS = 1 << 21
-
 RowFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def touched_rows(table: Tensor) -> Tensor:
-    """``bool[n, n_rows]``: client ``i`` touches row ``r`` iff that row has a nonzero entry."""
-    n, rows = table.shape[:2]
-    return (table.reshape(n, rows, -1) != 0).any(dim=2)
-
-
-def _blocks(touched: Tensor, row_dim: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Yield ``(rows, members, counts)`` blocks of rows with similar touch counts.
-
-    ``members[b, p]`` is the ``p``-th client (in index order) touching ``rows[b]``; positions
-    ``p >= counts[b]`` are padding.
-    """
-    counts = touched.sum(dim=0)
-    active = torch.nonzero(counts > 0).reshape(-1)
-    if active.numel() == 0:
-        return
-    act_counts = counts[active]
-    order = torch.sort(act_counts, stable=True).indices
-    active, act_counts = active[order], act_counts[order]
-    # touching clients first, in client-index order
-    members_all = torch.sort(
-        touched[:, active].T.to(torch.int8), dim=1, descending=True, stable=True
-    ).indices
-    bucket = torch.ceil(torch.log2(act_counts.double())).long()
-    for b in torch.unique(bucket).tolist():
-        sel = torch.nonzero(bucket == b).reshape(-1)
-        cm = int(act_counts[sel].max())
-        per = max(1, BLOCK_ELEMENTS // (cm * max(row_dim, cm)))
-        for start in range(0, sel.numel(), per):
-            part = sel[start : start + per]
-            yield active[part], members_all[part, :cm], act_counts[part]
-
-
 def itemwise_aggregate(
-    table: Tensor, weights: Tensor, row_fn: RowFn
+    table: Tensor, weights: Tensor, row_fn: RowFn, touched: Tensor | None = None
 ) -> tuple[Tensor, Tensor, int]:
     """Aggregate every row of an item table over the clients that touch it.
 
@@ -140,6 +106,8 @@ def itemwise_aggregate(
         ``values [B, C, d]``, ``valid bool[B, C]``, ``counts [B]``, ``w float64[B, C]``
         (example weights, 0 on padding); returns ``rows_out [B, d]`` and ``shares
         float64[B, C]`` (each member's summed share over the ``d`` coordinates of the row).
+    touched : Tensor | None
+        ``bool[n, n_rows]`` from :func:`touched_rows` (computed if omitted).
 
     Returns
     -------
@@ -153,12 +121,13 @@ def itemwise_aggregate(
     n, n_rows = table.shape[:2]
     x = table.reshape(n, n_rows, -1)
     d = x.shape[2]
-    touched = touched_rows(table)
+    if touched is None:
+        touched = touched_rows(table)
     out = torch.zeros(n_rows, d, dtype=table.dtype)
     shares = torch.zeros(n, dtype=torch.float64)
     covered = 0
     w64 = weights.to(torch.float64)
-    for rows, members, counts in _blocks(touched, d):
+    for rows, members, counts in row_blocks(touched, d):
         cm = members.shape[1]
         valid = torch.arange(cm)[None, :] < counts[:, None]
         values = x[members, rows[:, None]]  # [B, C, d]
@@ -328,11 +297,12 @@ class _ItemWise(Defense):
         row_fn = self._row_fn(n)
         touched_total = 0
         for key in items:
-            out, s, cols = itemwise_aggregate(stacked[key], weights, row_fn)
+            touched = touched_rows(stacked[key])
+            out, s, cols = itemwise_aggregate(stacked[key], weights, row_fn, touched)
             result[key] = out
             shares += s
             covered += cols
-            touched_total += int(touched_rows(stacked[key]).sum())
+            touched_total += int(touched.sum())
         weights_out = shares / covered if covered > 0 else shares
         extra = {"touched_rows_per_client": touched_total / n}
         kept &= self._row_kept(stacked, items, n)

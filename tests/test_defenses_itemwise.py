@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from defenses import AggregationContext, build_defense
-from defenses.itemwise import BLOCK_ELEMENTS, touched_rows
+from defenses.base import BLOCK_ELEMENTS
+from defenses.itemwise import touched_rows
 from defenses.testing import ITEM_KEY, random_stacked
 
 ITEMWISE = ["itemwise_median", "itemwise_trimmed_mean", "itemwise_krum", "itemwise_norm_bound"]
@@ -76,9 +77,9 @@ def test_itemwise_matches_per_row_reference(name, seed):
 
 def test_blocks_cover_heavily_touched_rows(monkeypatch):
     """Small block budget forces many blocks, including rows touched by every client."""
-    import defenses.itemwise as iw
+    import defenses.base as base
 
-    monkeypatch.setattr(iw, "BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(base, "BLOCK_ELEMENTS", 64)
     n = 12
     stacked = random_stacked(n, seed=3, n_rows=30, row_dim=3, rows_per_client=10)
     stacked[ITEM_KEY][:, 0] = torch.randn(n, 3)  # row 0 touched by everyone

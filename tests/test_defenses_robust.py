@@ -287,3 +287,38 @@ def test_context_default_is_used():
     out, _ = build_defense("median", {})({"p": torch.ones(3, 2)}, torch.ones(3), None)
     assert torch.equal(out["p"], torch.ones(2))
     assert AggregationContext().item_param_names == ()
+
+
+def test_trimmed_mean_with_ties_matches_numpy():
+    # sparse columns: most values are tied at 0 (the item-table case)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(9, 50, generator=gen) * (torch.rand(9, 50, generator=gen) < 0.2)
+    x[:, 0] = 1.0  # a column of identical values
+    for beta in (0.12, 0.3, 0.45):
+        k = int(beta * 9)
+        out, info = build_defense("trimmed_mean", {"beta": beta})({"p": x}, torch.ones(9))
+        ref = np.sort(x.numpy(), axis=0)[k : 9 - k].mean(axis=0)
+        np.testing.assert_allclose(out["p"].numpy(), ref, rtol=1e-6, atol=1e-7)
+        assert float(info.weights.sum()) == pytest.approx(1.0)
+
+
+def test_row_sparse_gram_equals_dense_gram():
+    from defenses.base import row_sparse_gram
+
+    gen = torch.Generator().manual_seed(8)
+    n, rows, d = 13, 200, 5
+    table = torch.randn(n, rows, d, generator=gen) * (torch.rand(n, rows, 1, generator=gen) < 0.05)
+    table[:3, 7] = 1e6  # huge rows shared by a few clients
+    dense = table.reshape(n, -1).double()
+    torch.testing.assert_close(row_sparse_gram(table), dense @ dense.T, rtol=1e-12, atol=1e-6)
+    # gram() takes the sparse path for this table; distances agree with and without centring
+    stacked = {"t": table, "w": torch.randn(n, 4, generator=gen) + 100.0}
+    flat = torch.cat([table.reshape(n, -1), stacked["w"]], dim=1).double()
+    ref = ((flat[:, None] - flat[None]) ** 2).sum(-1)
+    from defenses.base import sq_dists_from_gram
+
+    # Gram-formula distances carry an absolute error of a few ulps of the largest |x|^2
+    atol = 1e-14 * float(flat.pow(2).sum(1).max())
+    for center in (False, True):
+        torch.testing.assert_close(sq_dists_from_gram(gram(stacked, center=center)), ref,
+                                   rtol=1e-9, atol=atol)
