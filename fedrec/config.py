@@ -156,6 +156,7 @@ class FederationConfig(Section):
     eval_every: int = Field(1, ge=1)
     eval_unit: Literal["epoch", "round"] = "epoch"
     client_eval: bool = False
+    client_eval_fraction: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:

@@ -77,7 +77,8 @@ def ray_head():
 
 def _run(tmp_path, name, protocol, defense, engine, address=None):
     raw = json.loads(json.dumps(TINY))
-    raw["federation"].update(protocol=protocol, engine=engine)
+    raw["federation"].update(protocol=protocol, engine=engine, client_eval=protocol == "fedsgd",
+                             client_eval_fraction=0.5)
     if address:
         raw["federation"]["ray_address"] = address
     raw["defense"] = {"name": defense}
@@ -94,8 +95,9 @@ def test_flower_engine_attached_to_ray_head_matches_local_engine(tmp_path, ray_h
     diff = max((p_local[k] - p_flower[k]).abs().max().item() for k in p_local)
     assert diff <= 1e-5
     assert RunDir(out).is_finished() and len(RunDir(out).read_metrics()) == 2
-    for k, v in local["test"].items():
+    for k, v in local["test"].items():  # includes client-side (@app.evaluate) metrics for fedsgd
         assert flower["test"][k] == pytest.approx(v, abs=1e-6)
+    assert any(k.startswith("client/") for k in flower["test"]) == (protocol == "fedsgd")
     # the head is still alive after the run (Flower only disconnected from it)
     host, port = ray_head.split(":")
     with socket.create_connection((host, int(port)), timeout=2):

@@ -81,6 +81,20 @@ class Federation:
         """Training sequence of a benign client."""
         return self.ctx.split.train[client_id]
 
+    def client_eval_users(self) -> np.ndarray:
+        """Benign clients asked for client-side evaluation (a seeded sample, sorted)."""
+        users = self.threat.benign_users()
+        frac = self.ctx.cfg.federation.client_eval_fraction
+        k = max(1, int(math.ceil(frac * len(users))))
+        if k >= len(users):
+            return users
+        return np.sort(np.random.default_rng([self.ctx.cfg.seed, 99]).choice(users, k, replace=False))
+
+    def client_eval_data(self, client_id: int) -> tuple[np.ndarray, int]:
+        """A client's evaluation history (train + validation item) and test item."""
+        sp = self.ctx.split
+        return np.append(sp.train[client_id], sp.valid[client_id]), int(sp.test[client_id])
+
     def is_eval_round(self, round_idx: int) -> bool:
         """Evaluate after this round?"""
         fc = self.ctx.cfg.federation
@@ -175,10 +189,25 @@ class FederatedTrainer(Trainer):
                 p.copy_(self.params[n])
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics of the global model on ``split`` over the benign users."""
+        """Metrics of the global model on ``split`` over the benign users.
+
+        With ``federation.client_eval`` the clients' own reports are added as ``client/...``.
+        """
         self._load_params()
-        self.last_eval = self.ctx.evaluate(split)
-        return self.last_eval
+        metrics = self.ctx.evaluate(split)
+        if self.ctx.cfg.federation.client_eval and split == "test":
+            metrics.update({f"client/{k}": v for k, v in self.client_side_eval().items()})
+        self.last_eval = metrics
+        return metrics
+
+    def client_side_eval(self) -> dict[str, float]:
+        """Client-side evaluation, computed for all asked clients at once."""
+        from clients.evaluate import client_evaluate
+
+        users = self.fed.client_eval_users()
+        data = [self.fed.client_eval_data(int(u)) for u in users]
+        return client_evaluate(self.ctx.model, self.params, [d[0] for d in data],
+                               np.array([d[1] for d in data]), self.ctx.cfg.eval.ks)
 
     def final_metrics(self) -> dict[str, float]:
         """Test metrics of the final global model."""

@@ -117,6 +117,19 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         arrays = ArrayRecord({k: v.detach().contiguous() for k, v in upd.params.items()})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        from clients.evaluate import client_evaluate
+
+        fed = federation_for(experiment(context))
+        pid = int(context.node_config["partition-id"])
+        cid = int(fed.threat.participants()[pid])
+        history, item = fed.client_eval_data(cid)
+        params = msg.content["arrays"].to_torch_state_dict()
+        res = client_evaluate(fed.ctx.model, params, [history], np.array([item]), fed.ctx.cfg.eval.ks)
+        metrics = MetricRecord({**res, "num-examples": 1, "client-id": cid})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
     return app
 
 
@@ -186,6 +199,21 @@ class FlowerTrainer(FederatedTrainer):
             out.update({f"defense/{k}": v for k, v in report.extra.items()})
             out.update({f"defense/{k}": v for k, v in detection_metrics(report, self.malicious).items()})
         return out
+
+    def client_side_eval(self) -> dict[str, float]:
+        """Ask the clients (``@app.evaluate``) and average their reports."""
+        assert self.grid is not None
+        arrays = ArrayRecord({n: v.contiguous() for n, v in self.params.items()})
+        record = RecordDict({"arrays": arrays, "config": ConfigRecord({})})
+        nodes = [self.node_of[int(u)] for u in self.fed.client_eval_users()]
+        msgs = [Message(record, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
+        replies = [r for r in self.grid.send_and_receive(msgs, timeout=self.timeout) if not r.has_error()]
+        if not replies:
+            return {}
+        keys = [k for k in next(iter(replies[0].content.metric_records.values()))
+                if k not in ("num-examples", "client-id")]
+        rows = [next(iter(r.content.metric_records.values())) for r in replies]
+        return {k: float(np.mean([row[k] for row in rows])) for k in keys}
 
 
 def make_server_app(cfg_json: str | None = None, run_dir: str | None = None, resume: bool = False,
