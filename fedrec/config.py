@@ -217,6 +217,20 @@ class ExperimentConfig(Section):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
 
+    @model_validator(mode="after")
+    def _check_combinations(self) -> ExperimentConfig:
+        if self.mode == "centralized" and self.attack.name != "none":
+            raise ValueError(f"attack.name={self.attack.name!r} needs mode: federated "
+                             "(a centralized run has no clients to corrupt)")
+        if self.attack.name != "none" and self.attack.fraction <= 0:
+            raise ValueError(f"attack.fraction={self.attack.fraction}: attack "
+                             f"{self.attack.name!r} needs a positive fraction of malicious clients")
+        if self.federation.epochs is not None and self.federation.rounds is not None:
+            fields = self.federation.model_fields_set
+            if "epochs" in fields and "rounds" in fields:
+                raise ValueError("federation.epochs and federation.rounds are both set; set one")
+        return self
+
 
 # ---------------------------------------------------------------------------- loading
 
@@ -281,6 +295,8 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         msg = msg[len("Value error, "):]
     given = err.get("input")
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    if not loc:  # a whole-config rule: the message names the keys itself
+        return f"{source}: {msg}"
     return f"{source}: {key}: {msg}{shown}"
 
 
