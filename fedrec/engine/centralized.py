@@ -59,7 +59,7 @@ class CentralizedTrainer(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += float(loss) * len(users)
+            total += float(loss.detach()) * len(users)
             n += len(users)
         return {"loss": total / max(n, 1)}
 
