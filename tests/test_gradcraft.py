@@ -36,7 +36,8 @@ def random_task_grads(seed: int, n_tasks: int = 6, dim: int = 40) -> torch.Tenso
     gen = torch.Generator().manual_seed(seed)
     common = torch.randn(dim, generator=gen, dtype=torch.float64)
     signs = torch.where(torch.rand(n_tasks, generator=gen) < 0.4, -1.0, 1.0).double()
-    g = signs[:, None] * common + 1.2 * torch.randn(n_tasks, dim, generator=gen, dtype=torch.float64)
+    private = torch.randn(n_tasks, dim, generator=gen, dtype=torch.float64)
+    g = signs[:, None] * common + 1.2 * private
     scales = 10.0 ** torch.empty(n_tasks, dtype=torch.float64).uniform_(-2, 2, generator=gen)
     return g * scales[:, None]
 
@@ -120,6 +121,20 @@ def test_tasks_without_conflicts_are_unchanged() -> None:
     assert not torch.equal(out[1], g[1])
 
 
+def test_guarantee_is_only_on_the_conflict_set() -> None:
+    # Spec warning: a pair that did not conflict before projection CAN conflict afterwards, so
+    # "no negative inner products after projection" is not a property of GradCraft. Show that
+    # such cases exist (while every conflicting pair still hits its target).
+    turned_negative = 0
+    for seed in range(30):
+        g_hat = align_magnitudes(random_task_grads(seed), 0.1)
+        g_tilde = deconflict(g_hat, 1e-10)
+        for i, c_i in enumerate(conflict_sets(g_hat)):
+            others = [j for j in range(g_hat.shape[0]) if j != i and j not in c_i]
+            turned_negative += int(sum(float(g_tilde[i] @ g_hat[j]) < 0 for j in others))
+    assert turned_negative > 0
+
+
 def test_projection_stays_in_span_of_conflict_set() -> None:
     for seed in range(30):
         g_hat = align_magnitudes(random_task_grads(seed), 0.2)
@@ -189,7 +204,8 @@ def test_merge_mean_on_shared_sum_on_task_specific() -> None:
     grads = torch.zeros(n_tasks, d, dtype=torch.float64)
     has = torch.zeros(n_tasks, d, dtype=torch.bool)
     for t in range(n_tasks):
-        cols = list(range(d_shared)) + list(range(d_shared + t * d_tower, d_shared + (t + 1) * d_tower))
+        tower = range(d_shared + t * d_tower, d_shared + (t + 1) * d_tower)
+        cols = list(range(d_shared)) + list(tower)
         grads[t, cols] = torch.randn(len(cols), generator=gen, dtype=torch.float64)
         has[t, cols] = True
     grads[1, :d_shared] = -grads[0, :d_shared]  # make sure some projection happens
@@ -231,7 +247,9 @@ def test_pcgrad_projects_one_vs_one_against_original_gradients() -> None:
 
 def test_pcgrad_order_depends_on_generator_and_is_reproducible() -> None:
     g = torch.tensor([[1.0, 0.0, 0.0], [-0.8, 1.0, 0.0], [-0.3, -1.0, 0.5]], dtype=torch.float64)
-    outs = {tuple(pcgrad(g, generator=torch.Generator().manual_seed(s)).tolist()) for s in range(20)}
+    outs = {
+        tuple(pcgrad(g, generator=torch.Generator().manual_seed(s)).tolist()) for s in range(20)
+    }
     assert len(outs) > 1  # the order matters for mutually conflicting tasks
     a = Combiner("pcgrad", seed=7)
     b = Combiner("pcgrad", seed=7)
@@ -326,7 +344,9 @@ def test_registry_combiner_matches_pure_function() -> None:
 # --------------------------------------------------------------------------------------------
 def _tiny_ple(n_tasks: int = 3) -> PLE:
     torch.manual_seed(0)
-    return PLE([10, 12, 3], n_tasks, n_dense=2, embedding_dim=4, expert_units=(16,), tower_units=(8,))
+    return PLE(
+        [10, 12, 3], n_tasks, n_dense=2, embedding_dim=4, expert_units=(16,), tower_units=(8,)
+    )
 
 
 def _batch(n: int = 64, n_tasks: int = 3):
@@ -391,7 +411,8 @@ def test_step_treats_none_and_all_zero_gradients_as_untouched() -> None:
     )
     assert info["touched"].tolist() == [[True, True, False], [True, False, False]]
     # no conflict (⟨g_a, g_b⟩ > 0): shared -> mean, w_a -> task a's gradient, unused -> 0
-    torch.testing.assert_close(w_shared.grad, (torch.tensor([0.5, 0.5]) + torch.tensor([2.0, 4.0])) / 2)
+    expected_shared = (torch.tensor([0.5, 0.5]) + torch.tensor([2.0, 4.0])) / 2
+    torch.testing.assert_close(w_shared.grad, expected_shared)
     torch.testing.assert_close(w_a.grad, torch.tensor([3.0]))
     torch.testing.assert_close(w_unused.grad, torch.tensor([0.0]))
 

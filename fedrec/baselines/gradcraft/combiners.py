@@ -83,7 +83,7 @@ def _check_eps(eps: float) -> float:
 
 
 def _check_inputs(grads: Tensor, has_grad: Tensor | None) -> Tensor:
-    """Validate shapes; return a boolean mask of shape [T, d] (all True when ``has_grad`` is None)."""
+    """Validate shapes; return a boolean mask [T, d] (all True when ``has_grad`` is None)."""
     if not isinstance(grads, Tensor) or grads.dim() != 2:
         shape = tuple(grads.shape) if isinstance(grads, Tensor) else type(grads).__name__
         raise ValueError(f"grads: expected a 2-D tensor [T, d], got {shape}")
@@ -567,13 +567,16 @@ class Combiner:
 
     def __init__(self, name: str, **params: Any) -> None:
         if name not in COMBINERS:
-            raise ConfigError(f"combiner: unknown name {name!r}; expected one of {available_combiners()}")
+            raise ConfigError(
+                f"combiner: unknown name {name!r}; expected one of {available_combiners()}"
+            )
         checks = _PARAM_CHECKS[name]
         clean: dict[str, Any] = {}
         for key, value in params.items():
             if key not in checks:
                 raise ConfigError(
-                    f"combiner.{key}: unknown parameter for {name!r}; expected one of {sorted(checks)}"
+                    f"combiner.{key}: unknown parameter for {name!r}; "
+                    f"expected one of {sorted(checks)}"
                 )
             clean[key] = checks[key](value)
         self.name = name

@@ -151,9 +151,8 @@ def split_random(
     test, valid, train = np.split(perm, [n_test, n_test + n_valid])
     meta = dict(info or {})
     meta["split"] = f"random rows (valid {valid_frac}, test {test_frac}, seed {seed})"
-    return MultiTaskData(
-        table.subset(np.sort(train)), table.subset(np.sort(valid)), table.subset(np.sort(test)), meta
-    )
+    parts = [table.subset(np.sort(rows)) for rows in (train, valid, test)]
+    return MultiTaskData(parts[0], parts[1], parts[2], meta)
 
 
 def _check_fracs(valid_frac: float, test_frac: float) -> None:
@@ -358,7 +357,9 @@ def _read_ratings(folder: Path) -> pd.DataFrame:
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise DataFormatError(f"{csv}: cannot parse as CSV ({exc})".splitlines()[0]) from exc
         if list(raw.columns) != cols:
-            raise DataFormatError(f"{csv}:1: expected header {','.join(cols)}, got {list(raw.columns)}")
+            raise DataFormatError(
+                f"{csv}:1: expected header {','.join(cols)}, got {list(raw.columns)}"
+            )
     else:
         path, header = folder / "raw" / "u.data", False
         try:
@@ -415,7 +416,8 @@ def _read_users(path: Path) -> dict[int, tuple[int, int, str]]:
     for lineno, (uid, age, gender, occ, _zip) in enumerate(_read_pipe_file(path, 5), start=1):
         if not (uid.isdigit() and age.isdigit()) or gender not in ("M", "F"):
             raise DataFormatError(
-                f"{path}:{lineno}: expected 'id|age|M or F|occupation|zip', got {uid}|{age}|{gender}"
+                f"{path}:{lineno}: expected 'id|age|M or F|occupation|zip', "
+                f"got {uid}|{age}|{gender}"
             )
         age_bucket = int(np.searchsorted(_AGE_EDGES, int(age), side="right"))
         out[int(uid)] = (age_bucket, 0 if gender == "M" else 1, occ)
@@ -427,7 +429,9 @@ def _read_items(path: Path) -> dict[int, tuple[int, np.ndarray]]:
     for lineno, parts in enumerate(_read_pipe_file(path, 5 + _N_GENRES), start=1):
         iid, date, flags = parts[0], parts[2], parts[5:]
         if not iid.isdigit() or any(f not in ("0", "1") for f in flags):
-            raise DataFormatError(f"{path}:{lineno}: expected 'id|title|date|...|19 genre flags 0/1'")
+            raise DataFormatError(
+                f"{path}:{lineno}: expected 'id|title|date|...|19 genre flags 0/1'"
+            )
         year_str = date.rsplit("-", 1)[-1] if date else ""
         year_bucket = (
             1 + int(np.searchsorted(_YEAR_EDGES, int(year_str), side="right"))
@@ -573,7 +577,7 @@ def load_ml100k_multitask(
     ratings_file = "ratings.csv" if (folder / "ratings.csv").is_file() else "raw/u.data"
     info: dict[str, Any] = {
         "dataset": "ml-100k",
-        "files": [str(folder / ratings_file), str(folder / "raw/u.user"), str(folder / "raw/u.item")],
+        "files": [str(folder / f) for f in (ratings_file, "raw/u.user", "raw/u.item")],
         "neg_ratio": int(neg_ratio),
         "tasks": {t: ML100K_TASKS[t] for t in tasks},
     }

@@ -27,7 +27,7 @@ def _as_arrays(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.nd
 
 
 def _tie_avg_ranks(keys: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks of ``scores`` within each group of ``keys`` (ties averaged), plus sort order."""
+    """1-based ranks of ``scores`` within each group of ``keys`` (ties averaged) + sort order."""
     order = np.lexsort((scores, keys))
     k, s = keys[order], scores[order]
     n = len(order)

@@ -102,13 +102,18 @@ class MultiTaskConfig(BaseModel):
                 raise ValueError("data_dir: required when dataset is 'ml-100k'")
             bad = [t for t in (self.tasks or []) if t not in ML100K_TASKS]
             if bad:
-                raise ValueError(f"tasks: unknown ml-100k task {bad[0]!r}; expected {sorted(ML100K_TASKS)}")
+                raise ValueError(
+                    f"tasks: unknown ml-100k task {bad[0]!r}; expected {sorted(ML100K_TASKS)}"
+                )
         elif self.tasks is not None:
-            raise ValueError("tasks: only for dataset 'ml-100k' (synthetic tasks follow base_rates)")
+            raise ValueError(
+                "tasks: only for dataset 'ml-100k' (synthetic tasks follow base_rates)"
+            )
         try:
             get_combiner(self.combiner, self.combiner_params)
         except ConfigError as exc:
-            raise ValueError(str(exc)) from exc
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith("combiner") else f"combiner_params.{msg}") from exc
         return self
 
     @classmethod
@@ -118,9 +123,9 @@ class MultiTaskConfig(BaseModel):
             return cls.model_validate(dict(data))
         except ValidationError as exc:
             err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "config"
+            loc = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
-            raise ConfigError(f"{loc}: {msg}" if not msg.startswith(loc) else msg) from None
+            raise ConfigError(f"{loc}: {msg}" if loc else msg) from None
 
 
 def load_data(cfg: MultiTaskConfig) -> MultiTaskData:
@@ -177,7 +182,9 @@ def _tensors(table: MultiTaskTable) -> tuple[torch.Tensor, torch.Tensor | None, 
 
 
 @torch.no_grad()
-def evaluate(model: MultiTaskModel, table: MultiTaskTable, batch_size: int = 65_536) -> dict[str, Any]:
+def evaluate(
+    model: MultiTaskModel, table: MultiTaskTable, batch_size: int = 65_536
+) -> dict[str, Any]:
     """Per-task AUC and GAUC of ``model`` on ``table`` (eval mode).
 
     Parameters
@@ -292,7 +299,9 @@ def _train(cfg: MultiTaskConfig) -> dict[str, Any]:
             idx = perm[start : start + cfg.batch_size]
             logits = model(cat[idx], None if dense is None else dense[idx])
             y = labels[idx]
-            losses = [F.binary_cross_entropy_with_logits(logits[:, t], y[:, t]) for t in range(n_tasks)]
+            losses = [
+                F.binary_cross_entropy_with_logits(logits[:, t], y[:, t]) for t in range(n_tasks)
+            ]
             info = multi_objective_backward(model, losses, combiner)
             opt.step()
             loss_sum += sum(info["losses"]) * len(idx)
@@ -301,7 +310,9 @@ def _train(cfg: MultiTaskConfig) -> dict[str, Any]:
         train_seconds += time.perf_counter() - t0
         epochs_run = epoch
         valid = evaluate(model, data.valid, cfg.eval_batch_size)
-        history.append({"epoch": epoch, "train_loss": loss_sum / n, "valid_mean_auc": valid["mean_auc"]})
+        history.append(
+            {"epoch": epoch, "train_loss": loss_sum / n, "valid_mean_auc": valid["mean_auc"]}
+        )
         score = valid["mean_auc"]
         if not math.isfinite(loss_sum):
             break
