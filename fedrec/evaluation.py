@@ -92,7 +92,9 @@ def evaluate(
     ----------
     scorer : callable
         Maps left-padded histories ``[B, L]`` to scores ``[B, n_items + 1]`` (e.g.
-        ``model.scores``); called under ``torch.no_grad``.
+        ``model.scores``); called under ``torch.no_grad``. A scorer with the attribute
+        ``needs_rows = True`` is called as ``scorer(seqs, rows)``, ``rows`` being the indices
+        into ``histories`` of the chunk's users (for models with per-user parameters).
     histories : sequence of numpy.ndarray
         Input history of each user.
     held_out : numpy.ndarray
@@ -131,7 +133,9 @@ def evaluate(
         rows = order[start:start + protocol.batch_users]
         hist = [histories[i] for i in rows]
         item = torch.as_tensor(held_out[rows], dtype=torch.long)
-        scores = scorer(to_tensor(pad_left(hist, max_len))).to(torch.float32)
+        seqs = to_tensor(pad_left(hist, max_len))
+        scores = (scorer(seqs, rows) if getattr(scorer, "needs_rows", False) else scorer(seqs))
+        scores = scores.to(torch.float32)
         hmask = history_mask([torch.as_tensor(h) for h in hist], v)
         b = len(hist)
         eligible = torch.ones(b, dtype=torch.bool)
