@@ -1,4 +1,9 @@
-"""Registry of attacks: name → class, and construction from the ``attack`` config section."""
+"""Registry of attacks: name → class, named configurations, and construction from the config.
+
+Besides classes (``register``), the registry holds *aliases*: a name that builds a registered
+class with some parameters fixed (``s_fsr`` = ``dvfsr`` with ``implicit_weight: 0``). Every
+attack module is imported at the bottom of this file, so :func:`build_attack` sees all of them.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,49 @@ from fedrec.errors import ConfigError
 
 ATTACKS: dict[str, type[Attack]] = {NoAttack.name: NoAttack}
 
+#: alias → (registered class name, fixed parameters)
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {}
+
 
 def register(cls: type[Attack]) -> type[Attack]:
     """Class decorator adding an attack to :data:`ATTACKS`."""
     ATTACKS[cls.name] = cls
     return cls
+
+
+def register_alias(alias: str, base: str, **fixed: Any) -> None:
+    """Register ``alias`` as attack ``base`` with parameters ``fixed`` (which users cannot set)."""
+    if base not in ATTACKS:
+        raise KeyError(f"alias {alias!r}: unknown base attack {base!r}")
+    ALIASES[alias] = (base, dict(fixed))
+
+
+def attack_names() -> list[str]:
+    """Every name :func:`build_attack` accepts."""
+    return sorted(set(ATTACKS) | set(ALIASES))
+
+
+def resolve(name: str) -> tuple[type[Attack], dict[str, Any]]:
+    """Class and fixed parameters of attack (or alias) ``name``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown name.
+    """
+    if name in ALIASES:
+        base, fixed = ALIASES[name]
+        return ATTACKS[base], dict(fixed)
+    if name not in ATTACKS:
+        raise ConfigError(f"attack.name={name!r}: expected one of {', '.join(attack_names())}")
+    return ATTACKS[name], {}
+
+
+def required_knowledge(name: str) -> tuple[str, ...]:
+    """Knowledge keys attack ``name`` assumes (empty for unknown names; see ``Attack.requires``)."""
+    if name not in ATTACKS and name not in ALIASES:
+        return ()
+    return resolve(name)[0].requires
 
 
 def attack_params(cls: type[Attack]) -> list[str]:
@@ -34,17 +77,32 @@ def build_attack(name: str, params: dict[str, Any], scale: float = 1.0) -> Attac
     Raises
     ------
     ConfigError
-        Unknown attack or parameter.
+        Unknown attack or parameter, a parameter the alias fixes, or a bad value.
     """
-    if name not in ATTACKS:
-        raise ConfigError(f"attack.name={name!r}: expected one of {', '.join(sorted(ATTACKS))}")
-    cls = ATTACKS[name]
-    allowed = attack_params(cls)
+    cls, fixed = resolve(name)
+    allowed = [a for a in attack_params(cls) if a not in fixed]
     for key in params:
+        if key in fixed:
+            raise ConfigError(f"attack.params.{key}: fixed to {fixed[key]!r} by {name!r} "
+                              f"(use the base attack {ALIASES[name][0]!r} to change it)")
         if key not in allowed:
             raise ConfigError(f"attack.params.{key}: not a parameter of {name} "
                               f"(accepted: {', '.join(a for a in allowed if a != 'scale')})")
     try:
-        return cls(scale=scale, **params)
+        attack = cls(scale=scale, **{**params, **fixed})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"attack.params: {exc}") from None
+    attack.name = name  # type: ignore[misc]  # an alias reports its own name
+    return attack
+
+
+# Attack modules register themselves on import (cheap: torch/numpy are already loaded).
+from attacks import (  # noqa: E402,F401  (imported for registration)
+    approx_users,
+    dvfsr,
+    eb,
+    fabricated,
+    fedrecattack,
+    pipattack,
+    psmu,
+)

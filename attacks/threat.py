@@ -45,6 +45,11 @@ class ThreatModel:
         Training item counts, when the attacker is assumed to know them.
     public : list of numpy.ndarray or None
         The attacker's public share of other users' interactions (FedRecAttack's ξ).
+    replaced : numpy.ndarray
+        Users taken over by attackers (``mode: replace``).
+    lengths : numpy.ndarray or None
+        Training-sequence lengths of the benign users: the length distribution fabricated
+        profiles are drawn from (public summary statistics, not anyone's items).
     """
 
     n_users: int
@@ -54,6 +59,7 @@ class ThreatModel:
     popularity: np.ndarray | None = None
     public: list[np.ndarray] | None = None
     replaced: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    lengths: np.ndarray | None = None
 
     @property
     def n_malicious(self) -> int:
@@ -124,8 +130,34 @@ def n_malicious(fraction: float, n_users: int) -> int:
     return max(1, int(fraction * n_users))
 
 
+def check_knowledge(cfg: AttackConfig) -> None:
+    """Fail early when the attack assumes knowledge the threat model does not grant.
+
+    Raises
+    ------
+    ConfigError
+        E.g. ``popular`` without ``attack.knowledge.popularity: true``.
+    """
+    from attacks.registry import required_knowledge  # late: the registry imports attack modules
+
+    for key in required_knowledge(cfg.name):
+        if key == "popularity" and not cfg.knowledge.popularity:
+            raise ConfigError(f"attack.knowledge.popularity: attack {cfg.name!r} needs item "
+                              "popularity (set attack.knowledge.popularity: true)")
+        if key == "public" and cfg.knowledge.public_fraction <= 0:
+            raise ConfigError(f"attack.knowledge.public_fraction: attack {cfg.name!r} needs "
+                              "public interactions (set attack.knowledge.public_fraction > 0)")
+
+
 def build_threat_model(cfg: AttackConfig, split: LeaveOneOut, seed: int) -> ThreatModel:
-    """Resolve the threat model of a run (deterministic in ``seed``)."""
+    """Resolve the threat model of a run (deterministic in ``seed``).
+
+    Raises
+    ------
+    ConfigError
+        Bad targets or fraction, or knowledge the attack needs but the config does not grant.
+    """
+    check_knowledge(cfg)
     n_users = split.n_users
     counts = split.train_item_counts()
     targets = select_targets(cfg.targets, counts, split.n_items)
@@ -149,4 +181,5 @@ def build_threat_model(cfg: AttackConfig, split: LeaveOneOut, seed: int) -> Thre
         for seq in split.train:
             keep = prng.random(len(seq)) < cfg.knowledge.public_fraction
             public.append(seq[keep])
-    return ThreatModel(n_users, mal_ids, accounts, targets, popularity, public, replaced)
+    lengths = np.asarray([len(s) for s in split.train], dtype=np.int64)
+    return ThreatModel(n_users, mal_ids, accounts, targets, popularity, public, replaced, lengths)
