@@ -122,6 +122,17 @@ def make_workload(seed: int = 0):
     return stacked, weights, ctx
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -182,6 +193,8 @@ def main() -> None:
     _, _, source = _param_shapes()
     print(f"# {N_CLIENTS} clients, SASRec ml-1m shapes ({source}), "
           f"{ROWS_PER_CLIENT} item rows per client, median of {args.repeats} calls")
+    print(f"# cpu: {_cpu_model()}, {os.cpu_count()} cores; load average at start: "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     rows = []
     for label in labels:
         proc = subprocess.run(
@@ -197,8 +210,10 @@ def main() -> None:
         print(f"  done {label}: {res['ms']:.0f} ms", file=sys.stderr, flush=True)
     print(f"# input: {rows[0]['input_mib']:.1f} MiB of updates; torch threads: "
           f"{rows[0]['threads']}" if rows else "# no results")
+    print(f"# load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
-    print("| rule | ms / aggregation (median) | min–max ms | peak extra RSS (MiB) | kept | notes |")
+    print("| rule | ms / aggregation (median) | min–max ms | peak extra RSS (MiB) | kept "
+          "| notes |")
     print("|---|---:|---:|---:|---:|---|")
     for r in rows:
         notes = ", ".join(f"{k}={v:g}" for k, v in r["extra"].items())

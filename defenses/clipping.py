@@ -110,8 +110,10 @@ def centered_clip_step(
     n = next(iter(stacked.values())).shape[0]
     sq = torch.zeros(n, dtype=torch.float64)
     for k, x in stacked.items():
-        diff = x.reshape(n, -1) - center[k].reshape(1, -1).to(x.dtype)
-        sq += diff.pow_(2).sum(dim=1, dtype=torch.float64)
+        c = center[k].reshape(1, -1).to(x.dtype)
+        flat = x.reshape(n, -1)
+        diff = flat if not bool(c.any()) else flat - c  # no copy while the centre is zero
+        sq += torch.linalg.vector_norm(diff, dim=1).double().pow(2)
     scale = clip_scales(sq, tau)
     moved = combine(stacked, scale / n)
     keep = 1.0 - float(scale.mean())

@@ -442,8 +442,8 @@ class ItemwiseNormBound(_ItemWise):
         for key in items:
             t = stacked[key]
             rows = t.shape[1]
-            sqn = t.reshape(n, rows, -1).to(torch.float64).pow(2).sum(dim=2)
-            kept &= ~(sqn.sqrt() > self.tau).any(dim=1)
+            row_norms = torch.linalg.vector_norm(t.reshape(n, rows, -1), dim=2)
+            kept &= ~(row_norms > self.tau).any(dim=1)
         return kept
 
 

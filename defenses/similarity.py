@@ -15,10 +15,14 @@ FLAME clustering (approximation). FLAME runs HDBSCAN on cosine distances with
 majority cluster. HDBSCAN is not available here; this module uses single linkage on the cosine
 distances instead: minimum-spanning-tree edges are merged in increasing order and the accepted
 set is the first connected component that reaches ``n//2 + 1`` members (the majority cluster at
-the linkage height where it is born; ``extra['threshold']`` is that height). HDBSCAN with a
-single allowed cluster labels the points still in the cluster at its densest level, which is
-the same set when core distances are plain distances; its mutual-reachability smoothing and
-tie handling can make the two differ. Then every accepted update is clipped to the median norm
+the linkage height where it is born; ``extra['threshold']`` is that height). With
+``min_cluster_size > n/2`` HDBSCAN can hold at most one cluster, and our reading of its
+single-cluster labelling is that it keeps the points still in that cluster at its densest
+level, i.e. this same set; this was not checked against the ``hdbscan`` package (not
+installed), and its mutual-reachability distances and tie handling can make the two differ.
+A consequence worth knowing: when benign updates are nearly orthogonal (cosine distances all
+close to 1, as for independent high-dimensional noise) the chain reaches ``n//2 + 1`` members
+early and many benign clients are rejected. Then every accepted update is clipped to the median norm
 ``S`` of *all* updates, the clipped updates are averaged (unweighted), and Gaussian noise with
 ``sigma = noise_factor * S`` is added to every coordinate (``noise_factor=0`` turns it off; the
 default 0.01 is PoisonFRS's port). The noise generator is
