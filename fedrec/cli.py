@@ -74,6 +74,102 @@ def run(
                    f"({summary['steps_run']} run, {summary['seconds_per_step']:.2f} s/{summary['unit']})")
 
 
+@app.command()
+def bench(
+    grid: Annotated[str, typer.Argument(help="Grid YAML file, or a bundled grid's name (quickstart).")],
+    ray_address: Annotated[str, typer.Option(
+        "--ray-address",
+        help="'local': start a fresh local Ray instance; 'auto' or HOST:PORT: attach to a running "
+             "cluster (fedrec installed on every node, --out on a shared filesystem); 'inline': "
+             "no Ray, cells one after another in this process (debugging).")] = "local",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <base output_dir>/<grid name>).")] = None,
+    max_parallel: Annotated[Optional[int], typer.Option(help="At most N cells at once (default: as Ray's CPUs allow).")] = None,
+    cpus_per_cell: Annotated[float, typer.Option(help="Ray CPUs per cell (also its torch threads).")] = 1.0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key of the base config: a.b=value (repeatable).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Detailed logs, Ray's and the workers' output.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show the grid's progress bar.")] = True,
+    dry_run: Annotated[bool, typer.Option(help="List the cells and exit.")] = False,
+    report: Annotated[bool, typer.Option(help="Render report.md and the plots at the end.")] = True,
+) -> None:
+    """Run a grid of experiments as Ray tasks; resumable; writes a tidy table and a report.
+
+    GRID is a grid YAML file or a bundled grid's name (quickstart).
+
+    A re-run skips finished cells, resumes interrupted ones from their checkpoint and retries
+    failed ones. Exit status 1 when some cell failed.
+    """
+    setup_logging(verbose)
+    from fedrec.bench.execute import cell_dir, run_grid
+    from fedrec.bench.grid import load_grid
+
+    try:
+        spec = load_grid(grid, set_ or [])
+        cells = spec.cells()
+        if not cells:
+            raise FedRecError(f"{spec.source}: the grid has no cells")
+        folder = out or Path(str(spec.base.get("output_dir", "runs"))) / spec.name
+        if dry_run:
+            for c in cells:
+                state = "finished" if (cell_dir(folder, c.cell_id) / "summary.json").is_file() else "to run"
+                typer.echo(f"{c.cell_id}  [{state}]")
+            typer.echo(f"{len(cells)} cells -> {folder / 'cells'}")
+            return
+        try:
+            outcome = run_grid(spec, cells, folder, address=ray_address, max_parallel=max_parallel,
+                               cpus_per_cell=cpus_per_cell, verbose=verbose,
+                               progress=progress and sys.stderr.isatty())
+        except KeyboardInterrupt:
+            typer.echo("interrupted: re-run the same command to resume (finished cells are kept)",
+                       err=True)
+            raise typer.Exit(130) from None
+        from fedrec.bench.report import render_report, results_pivot
+        from fedrec.bench.table import build_table, write_table
+
+        df = build_table(folder)
+        parquet, _csv = write_table(df, folder)
+    except FedRecError as exc:
+        fail(exc)
+        return
+    where = f" (Ray at {outcome.ray_address})" if outcome.ray_address else ""
+    typer.echo(f"bench {spec.name}: {outcome.total} cells: {outcome.finished} run, "
+               f"{outcome.skipped} already finished, {len(outcome.failed)} failed; "
+               f"{outcome.seconds:.1f} s{where}")
+    n_neg = cells[0].config.eval.n_negatives
+    typer.echo("\nfinal test metrics, mean over seeds; cell = ER@10 / HR@10")
+    typer.echo("-- full ranking --")
+    typer.echo(results_pivot(df, "full"))
+    typer.echo(f"-- sampled ({n_neg} negatives) --")
+    typer.echo(results_pivot(df, "sampled"))
+    typer.echo(f"\ntable:  {parquet} (+ results.csv), {len(df)} rows")
+    if report:
+        path = render_report(folder, df)
+        typer.echo(f"report: {path}")
+    if outcome.failed:
+        typer.echo(f"error: {len(outcome.failed)} of {outcome.total} cells failed (details in "
+                   f"{folder / 'cells'}/<cell>/error.txt); re-run to retry them", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    folder: Annotated[Path, typer.Argument(help="A `fedrec bench` output folder.")],
+    plots: Annotated[bool, typer.Option(help="Also draw the PNG plots.")] = True,
+) -> None:
+    """Render FOLDER/report.md (mean ± std over seeds per attack × defense) and its plots.
+
+    FOLDER is a `fedrec bench` output folder; the tidy table is rebuilt from its cells.
+    """
+    setup_logging(False)
+    from fedrec.bench.report import render_report
+
+    try:
+        path = render_report(folder, plots=plots)
+    except FedRecError as exc:
+        fail(exc)
+        return
+    typer.echo(str(path))
+
+
 def main() -> None:  # pragma: no cover
     """Entry point."""
     app()
