@@ -37,7 +37,8 @@ def fail(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
-def format_metrics(metrics: dict[str, float], keys: tuple[str, ...] = ("HR@10", "NDCG@10", "ER@10")) -> str:
+def format_metrics(metrics: dict[str, float],
+                   keys: tuple[str, ...] = ("HR@10", "NDCG@10", "ER@10", "mean_AUC", "mean_GAUC")) -> str:
     """Compact ``protocol/metric=value`` listing of the headline metrics."""
     shown = [f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.split("/")[-1] in keys]
     return "  ".join(shown)

@@ -201,11 +201,22 @@ class DefenseConfig(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def _multitask_config_type() -> Any:
+    from fedrec.baselines.gradcraft.train import MultiTaskConfig
+
+    return MultiTaskConfig
+
+
 class ExperimentConfig(Section):
-    """A whole experiment."""
+    """A whole experiment.
+
+    ``mode: multitask`` runs the GradCraft multi-task ranking setting (its own ``multitask``
+    section, :class:`fedrec.baselines.gradcraft.train.MultiTaskConfig`) instead of a sequential
+    recommender.
+    """
 
     name: str = "experiment"
-    mode: Literal["centralized", "federated"] = "centralized"
+    mode: Literal["centralized", "federated", "multitask"] = "centralized"
     seed: int = 0
     output_dir: str = "runs"
     threads: int | None = Field(None, ge=1)
@@ -216,6 +227,37 @@ class ExperimentConfig(Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
+    multitask: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_multitask(self) -> ExperimentConfig:
+        if self.multitask is not None or self.mode == "multitask":
+            from pydantic import ValidationError as _VE
+
+            cls = _multitask_config_type()
+            raw = dict(self.multitask or {})
+            raw.setdefault("seed", self.seed)
+            try:
+                cls.model_validate(raw)
+            except _VE as exc:
+                raise ValueError(format_validation_error(exc, cls, "", "multitask.")[2:]) from None
+        return self
+
+    def multitask_config(self) -> Any:
+        """The validated ``multitask`` section (seed defaults to the top-level seed; the data
+        folder to ``data.root`` / ``FEDREC_DATA``)."""
+        from fedrec.data.registry import data_root
+
+        raw = dict(self.multitask or {})
+        raw.setdefault("seed", self.seed)
+        if raw.get("dataset") == "ml-100k" and raw.get("data_dir") is None:
+            root = data_root(self.data.root)
+            if root is None:
+                raise ConfigError("multitask.data_dir: not set and FEDREC_DATA is not set")
+            raw["data_dir"] = str(root)
+        if self.threads and "num_threads" not in raw:
+            raw["num_threads"] = self.threads
+        return _multitask_config_type().model_validate(raw)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> ExperimentConfig:
@@ -283,11 +325,12 @@ def _suggest(loc: tuple, model: type[BaseModel]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str = "config") -> str:
-    """Turn the first pydantic error into one line naming the key."""
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str = "config",
+                            prefix: str = "") -> str:
+    """Turn the first pydantic error into one line naming the key (``prefix`` + dotted path)."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = prefix + ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}{_suggest(loc, model)}"
     msg = err["msg"]

@@ -60,6 +60,32 @@ def finish_run(cfg: ExperimentConfig, ctx: Any, trainer: Any, run: RunDir, *, re
     return summary
 
 
+def run_multitask(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+    """GradCraft's multi-task ranking setting (``mode: multitask``).
+
+    Runs are short and keep no checkpoint: an interrupted run restarts from scratch on
+    ``--resume``. Per-epoch history goes to ``metrics.jsonl``; test AUC/GAUC per task to the
+    summary as ``test/AUC/<task>``, ``test/GAUC/<task>``, ``test/mean_AUC``, ``test/mean_GAUC``.
+    """
+    from fedrec.baselines.gradcraft.train import train_multitask
+
+    if run.metrics_path.exists():
+        run.metrics_path.unlink()
+    res = train_multitask(cfg.multitask_config())
+    for record in res["history"]:
+        run.log({"step": record["epoch"], **record})
+    test = {f"AUC/{t}": v for t, v in res["test"]["auc"].items()}
+    test.update({f"GAUC/{t}": v for t, v in res["test"]["gauc"].items()})
+    test.update(mean_AUC=res["mean_auc"], mean_GAUC=res["mean_gauc"])
+    summary = {"name": cfg.name, "mode": cfg.mode, "test": test, "unit": "epoch",
+               "steps_run": res["epochs"], "best_step": res["best_epoch"],
+               "seconds_per_step": res["seconds_per_epoch"],
+               "positive_rates": res["positive_rates"], "rows": res["rows"],
+               "n_parameters": res["num_params"]}
+    run.write_summary(summary)
+    return summary
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     run_dir: str | Path | None = None,
@@ -100,6 +126,8 @@ def run_experiment(
                           "it or --overwrite to start over")
     run.write_config(dump_config(cfg))
     try:
+        if cfg.mode == "multitask":
+            return run_multitask(cfg, run)
         if cfg.mode == "federated" and cfg.federation.engine == "flower":
             from fedrec.engine.flower import run_flower
 
