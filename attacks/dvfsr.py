@@ -39,7 +39,9 @@ so — unlike the reference, which never zeroes the parameter gradients of its l
 pass — no extra ``∇θ CE(target | original sequence)`` is uploaded. That hidden term roughly
 doubles the explicit promotion; it can be switched on for reproduction studies with
 ``leak_substitution_grad: true`` (the full-softmax CE of the target after the *unpolluted*
-sequence, train mode, weight 1, added once).
+sequence, train mode, input item embeddings detached as in the reference's substitution pass,
+weight 1, added once). On Steam it is what makes the reference effective: see the Attacks
+section of ``docs/benchmarks.md``.
 
 Single-view ablations are configurations of this class (registry aliases): ``s_fsr`` =
 explicit only (``implicit_weight: 0``), ``c_fsr`` = implicit only (``explicit_weight: 0``). The
@@ -275,8 +277,9 @@ def dvfsr_loss(
         info["loss_implicit"] = float(l_imp.detach())
         loss = loss + implicit_weight * l_imp
     if leak_substitution_grad:
-        model.train()
-        ce = -F.log_softmax(next_logits(model, seq), dim=-1)[0, targets].mean()
+        model.train()  # the reference's substitution pass: train mode, input embeddings detached
+        emb = input_embeddings(model, seq).detach()
+        ce = -F.log_softmax(next_logits(model, seq, emb), dim=-1)[0, targets].mean()
         model.eval()
         loss = loss + ce
     return loss, info

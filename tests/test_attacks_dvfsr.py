@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from attacks.common import as_input, next_logits
+from attacks.common import as_input, input_embeddings, next_logits
 from attacks.dvfsr import (
     DVFSR,
     contrastive_loss,
@@ -156,7 +156,8 @@ def test_leak_flag_adds_exactly_the_ce_gradient_of_the_unpolluted_sequence():
             p.copy_(params[n])
     model.zero_grad()
     seq = as_input(model, [threat.accounts[50]])
-    ce = -F.log_softmax(next_logits(model, seq), dim=-1)[0, 7]
+    emb = input_embeddings(model, seq).detach()  # as the reference: no gradient into the inputs
+    ce = -F.log_softmax(next_logits(model, seq, emb), dim=-1)[0, 7]
     ce.backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(leak.params[n] - plain.params[n], p.grad, atol=1e-5, rtol=1e-4)
