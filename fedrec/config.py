@@ -140,7 +140,7 @@ class FederationConfig(Section):
 
     protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
     epochs: int | None = Field(3, ge=1)
-    rounds: int | None = Field(None, ge=1)
+    rounds: int | None = Field(None, ge=1)  # when set, overrides epochs
     clients_per_round: int = Field(256, ge=1)
     local_epochs: int = Field(1, ge=1)
     local_lr: float = Field(0.01, gt=0)
@@ -267,10 +267,6 @@ class ExperimentConfig(Section):
         if self.attack.name != "none" and self.attack.fraction <= 0:
             raise ValueError(f"attack.fraction={self.attack.fraction}: attack "
                              f"{self.attack.name!r} needs a positive fraction of malicious clients")
-        if self.federation.epochs is not None and self.federation.rounds is not None:
-            fields = self.federation.model_fields_set
-            if "epochs" in fields and "rounds" in fields:
-                raise ValueError("federation.epochs and federation.rounds are both set; set one")
         return self
 
 
