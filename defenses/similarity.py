@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -376,6 +376,7 @@ class FLTrust(Defense):
     """FLTrust (Cao et al., NDSS 2021); needs ``ctx.root_update``."""
 
     name = "fltrust"
+    needs_root_update: ClassVar[bool] = True
 
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext

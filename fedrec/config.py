@@ -195,10 +195,15 @@ class AttackConfig(Section):
 
 
 class DefenseConfig(Section):
-    """Server aggregation rule."""
+    """Server aggregation rule.
+
+    ``root_users`` is the size of the server's own clean data for rules that need a server
+    update (FLTrust): that many benign users' training sequences, drawn with the run's seed.
+    """
 
     name: str = "mean"
     params: dict[str, Any] = Field(default_factory=dict)
+    root_users: int = Field(32, ge=1)
 
 
 def _multitask_config_type() -> Any:

@@ -91,12 +91,13 @@ class ServerAggregator:
     seed : int
         Seed for rules with randomness (FLAME noise).
     root_update_fn : callable, optional
-        ``params -> update`` computed by the server on its own clean root data (FLTrust).
+        ``(params, round_idx) -> update`` computed by the server on its own clean root data
+        (FLTrust).
     """
 
     def __init__(self, defense: Defense, optimizer: ServerOptimizer, protocol: str,
                  item_param_names: tuple[str, ...] = (), seed: int = 0,
-                 root_update_fn: Callable[[Params], Params] | None = None) -> None:
+                 root_update_fn: Callable[[Params, int], Params] | None = None) -> None:
         self.defense = defense
         self.optimizer = optimizer
         self.protocol = protocol
@@ -127,7 +128,7 @@ class ServerAggregator:
             weights = weights[sel]
         ctx = AggregationContext(
             round=round_idx, seed=self.seed, item_param_names=self.item_param_names,
-            root_update=self.root_update_fn(dict(params)) if self.root_update_fn else None,
+            root_update=self.root_update_fn(dict(params), round_idx) if self.root_update_fn else None,
             client_ids=torch.as_tensor(ids[ok]),
         )
         agg, info = self.defense(stacked, weights, ctx)

@@ -119,3 +119,23 @@ def test_unknown_defense_and_attack_are_one_line_errors(tmp_path):
         run_experiment(_cfg(**{"defense.name": "nope"}), tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="attack.name"):
         run_experiment(_cfg(**{"attack.name": "nope"}), tmp_path / "y", progress=False)
+
+
+@pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
+def test_fltrust_gets_the_servers_root_update(tmp_path, protocol):
+    from fedrec.engine.context import RunContext
+    from fedrec.engine.federated import Federation, build_aggregator
+
+    cfg = _cfg(**{"defense.name": "fltrust", "defense.root_users": 5, "federation.protocol": protocol,
+                  "federation.epochs": 1})
+    ctx = RunContext.build(cfg)
+    fed = Federation.build(ctx)
+    agg = build_aggregator(cfg, ctx.model.item_param_names, fed)
+    params = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+    root = agg.root_update_fn(params, 0)
+    assert set(root) == set(params) and all(torch.isfinite(v).all() for v in root.values())
+    assert any(v.abs().sum() > 0 for v in root.values())
+    summary = run_experiment(cfg, tmp_path / "r", progress=False)
+    recs = RunDir(tmp_path / "r").read_metrics()
+    assert all("train/defense/trusted" in r for r in recs)
+    assert np.isfinite(summary["test"]["full/HR@10"])

@@ -12,6 +12,7 @@ optimizer) is the same object the Flower strategy uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +40,23 @@ from strategies.server import NeedsStackedPath, RoundReport, ServerAggregator, d
 Params = dict[str, torch.Tensor]
 
 
-def build_aggregator(cfg: ExperimentConfig, item_param_names: tuple[str, ...]) -> ServerAggregator:
-    """The server pipeline of a config (defense + server optimizer)."""
+def build_aggregator(cfg: ExperimentConfig, item_param_names: tuple[str, ...],
+                     fed: Federation | None = None) -> ServerAggregator:
+    """The server pipeline of a config (defense + server optimizer).
+
+    A rule that needs a server update on clean data (FLTrust) gets one from ``fed``: the
+    server's root set is ``defense.root_users`` benign users' training sequences.
+    """
     fc = cfg.federation
     defense = build_defense(cfg.defense.name, dict(cfg.defense.params))
     opt = ServerOptimizer(fc.server_optimizer, fc.server_lr, fc.lr_decay, fc.lr_decay_every,
                           betas=tuple(fc.server_betas))
-    return ServerAggregator(defense, opt, fc.protocol, item_param_names, cfg.seed)
+    root_fn = None
+    if getattr(defense, "needs_root_update", False):
+        if fed is None:
+            raise ConfigError(f"defense.name={cfg.defense.name!r} needs the server's root data")
+        root_fn = fed.root_update_fn(cfg.defense.root_users)
+    return ServerAggregator(defense, opt, fc.protocol, item_param_names, cfg.seed, root_fn)
 
 
 @dataclass
@@ -80,6 +91,26 @@ class Federation:
     def client_sequence(self, client_id: int) -> np.ndarray:
         """Training sequence of a benign client."""
         return self.ctx.split.train[client_id]
+
+    def root_update_fn(self, n_root: int) -> Callable[[Params, int], Params]:
+        """The server's update on its root set (FLTrust): the mean update of ``n_root`` benign
+        users' sequences, computed like a client update (same protocol and randomness)."""
+        users = self.threat.benign_users()
+        rng = np.random.default_rng([self.ctx.cfg.seed, 53])
+        root = np.sort(rng.choice(users, size=min(n_root, len(users)), replace=False))
+        seqs = [self.client_sequence(int(u)) for u in root]
+        model = self.ctx.model
+
+        def update(params: Params, round_idx: int) -> Params:
+            rc = self.round_config(round_idx)
+            if rc.protocol == "fedsgd":
+                coef = torch.full((len(root),), 1.0 / len(root), dtype=torch.float64)
+                grads, _ = combined_fedsgd_gradient(model, params, seqs, root, coef, rc)
+                return grads
+            stacked, _ = batched_updates(model, params, seqs, root, rc)
+            return {n: v.mean(0) for n, v in stacked.items()}
+
+        return update
 
     def client_eval_users(self) -> np.ndarray:
         """Benign clients asked for client-side evaluation (a seeded sample, sorted)."""
@@ -238,7 +269,7 @@ def build_federated_trainer(ctx: RunContext) -> Trainer:
     """The local-engine federated trainer (the Flower engine drives its own ServerApp)."""
     cfg = ctx.cfg
     fed = Federation.build(ctx)
-    aggregator = build_aggregator(cfg, tuple(ctx.model.item_param_names))
+    aggregator = build_aggregator(cfg, tuple(ctx.model.item_param_names), fed)
     if cfg.federation.engine != "local":
         raise ConfigError("federation.engine='flower' runs through fedrec.engine.flower.run_flower")
     return FederatedTrainer(fed, aggregator)

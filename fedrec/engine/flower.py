@@ -232,7 +232,7 @@ def make_server_app(cfg_json: str | None = None, run_dir: str | None = None, res
         out = run_dir or str(context.run_config.get("out-dir", "")) or str(Path(cfg.output_dir) / cfg.name)
         ctx = RunContext.build(cfg)
         fed = Federation.build(ctx)
-        trainer = FlowerTrainer(fed, build_aggregator(cfg, tuple(ctx.model.item_param_names)))
+        trainer = FlowerTrainer(fed, build_aggregator(cfg, tuple(ctx.model.item_param_names), fed))
         trainer.connect(grid)
         run = RunDir(out)
         if not resume:
