@@ -371,6 +371,9 @@ class DVFSR(Attack):
 
 register_alias("s_fsr", "dvfsr", implicit_weight=0.0)
 register_alias("c_fsr", "dvfsr", explicit_weight=0.0)
+# The reference code's effective objective: its substitution step leaves the CE(target)
+# gradient of the last search in the model, so it is uploaded too (dvfsr.md §2.2, §9).
+register_alias("dvfsr_ref", "dvfsr", leak_substitution_grad=True)
 
 __all__ = ["DVFSR", "contrastive_loss", "dvfsr_loss", "implicit_loss", "importance_scores",
            "substitute", "target_probability"]

@@ -67,6 +67,7 @@ class ModelConfig(Section):
     max_len: int = Field(50, ge=2)
     loss: Literal["bce", "ce"] | None = None
     n_neg: int = Field(1, ge=1)
+    bce_reduction: Literal["sum", "mean"] = "sum"
     mask_prob: float = Field(0.15, gt=0, lt=1)
     params: dict[str, Any] = Field(default_factory=dict)
 

@@ -49,6 +49,7 @@ class RunContext:
         seed_everything(cfg.seed)
         split = split if split is not None else load_split(cfg.data)
         model = build_model(cfg.model.name, split.n_items, **cfg.model.build_kwargs())
+        model.bce_reduction = cfg.model.bce_reduction
         return cls(cfg, split, model, eval_protocol(cfg))
 
     def evaluate(self, which: str, model: SequentialRecommender | None = None) -> dict[str, float]:

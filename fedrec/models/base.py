@@ -48,6 +48,12 @@ class SequentialRecommender(nn.Module, ABC):
     """
 
     item_param_names: tuple[str, ...] = ("item_emb.weight",)
+    #: How the BCE loss of one position combines its positive and ``n_neg`` negative logits:
+    #: ``"sum"`` (positive term + negative terms; the SASRec paper and its PyTorch port) or
+    #: ``"mean"`` (their mean, i.e. BCE averaged over all 1 + n_neg logits, as in DV-FSR's
+    #: reference code). It rescales the loss by 1/(1 + n_neg): irrelevant for Adam, but it
+    #: sets the size of benign FedSGD gradients relative to an attacker's.
+    bce_reduction: str = "sum"
 
     def __init__(self, n_items: int, max_len: int, loss_type: str = "bce", n_neg: int = 1) -> None:
         super().__init__()
@@ -119,6 +125,8 @@ class SequentialRecommender(nn.Module, ABC):
             pos = self._logits_at(hidden, targets)
             neg = self._logits_at(hidden, batch["negatives"])
             loss = F.softplus(-pos) + F.softplus(neg).sum(-1)
+            if self.bce_reduction == "mean":
+                loss = loss / (1 + neg.shape[-1])
             return loss * mask, mask
         weight = self.item_embeddings()
         bias = self.output_bias()
