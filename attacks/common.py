@@ -29,6 +29,7 @@ from clients.update import RoundConfig, num_examples
 from fedrec.data.batching import pad_left, to_tensor
 from fedrec.errors import ConfigError
 from fedrec.models import SequentialRecommender
+from fedrec.models.base import load_params
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[SequentialRecommender, int], torch.Tensor]
@@ -53,13 +54,6 @@ def profile_rng(seed: int, client_id: int, tag: int) -> np.random.Generator:
 
 
 # ----------------------------------------------------------------------------- params and updates
-
-
-def load_params(model: SequentialRecommender, params: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``params`` into ``model`` (the engine's scratch instance)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name])
 
 
 def loss_update(

@@ -17,6 +17,7 @@ import torch
 
 from fedrec.evaluation import EvalProtocol, evaluate
 from fedrec.models import SequentialRecommender
+from fedrec.models.base import load_params
 
 
 def client_evaluate(model: SequentialRecommender, params: Mapping[str, torch.Tensor],
@@ -37,9 +38,7 @@ def client_evaluate(model: SequentialRecommender, params: Mapping[str, torch.Ten
     ks : sequence of int
         Cut-offs.
     """
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name])
+    load_params(model, params)
     model.eval()
     protocol = EvalProtocol(ks=tuple(ks), full=True, sampled=False, exclude_history=True)
     out = evaluate(model.scores, histories, held_out, protocol, model.max_len, model.n_items)

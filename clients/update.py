@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 from fedrec.data.buckets import length_buckets
 from fedrec.data.random import stream_key
 from fedrec.models import SequentialRecommender
+from fedrec.models.base import load_params
 from fedrec.models.transformer import vmap_safe_attention
 
 Params = dict[str, torch.Tensor]
@@ -112,9 +113,7 @@ def client_update(
     rc : RoundConfig
         Round settings.
     """
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(global_params[name])
+    load_params(model, global_params)
     model.train()
     if rc.protocol == "fedsgd":
         batch = model.prepare_batch([seq], client_keys(rc, [client_id]))

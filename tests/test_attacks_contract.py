@@ -21,7 +21,7 @@ from fedrec.models import build_model
 
 torch.set_num_threads(1)
 
-ALL = ["dvfsr", "s_fsr", "c_fsr", "random", "popular", "bandwagon", "eb", "pipattack",
+ALL = ["dvfsr_ref", "dvfsr", "s_fsr", "c_fsr", "random", "popular", "bandwagon", "eb", "pipattack",
        "fedrecattack", "a_ra", "a_hum", "psmu"]
 KNOW = {"popularity": True, "public_fraction": 0.3}
 FAST = {"dvfsr": {"repeats": 2}, "s_fsr": {"repeats": 2}, "pipattack": {"estimator_steps": 5},
@@ -55,6 +55,7 @@ def test_registry_names():
     assert build_attack("s_fsr", {}).implicit_weight == 0.0 and build_attack("s_fsr", {}).name == "s_fsr"
     assert build_attack("c_fsr", {}).explicit_weight == 0.0
     assert build_attack("a_ra", {}).mining_steps == 0
+    assert build_attack("dvfsr_ref", {}).leak_substitution_grad is True
     with pytest.raises(ConfigError, match="attack.name='nope'"):
         build_attack("nope", {})
     with pytest.raises(ConfigError, match="attack.params.bogus"):

@@ -33,6 +33,7 @@ from fedrec.config import ExperimentConfig
 from fedrec.engine.context import RunContext
 from fedrec.engine.loop import Trainer
 from fedrec.engine.schedule import RoundSchedule
+from fedrec.models.base import load_params
 from fedrec.errors import ConfigError
 from strategies.optimizer import ServerOptimizer
 from strategies.server import NeedsStackedPath, RoundReport, ServerAggregator, detection_metrics
@@ -215,9 +216,7 @@ class FederatedTrainer(Trainer):
 
     # ------------------------------------------------------------------ evaluation and state
     def _load_params(self) -> None:
-        with torch.no_grad():
-            for n, p in self.ctx.model.named_parameters():
-                p.copy_(self.params[n])
+        load_params(self.ctx.model, self.params)
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of the global model on ``split`` over the benign users.

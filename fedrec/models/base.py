@@ -16,7 +16,7 @@ parameters) with four methods:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -183,6 +183,13 @@ class SequentialRecommender(nn.Module, ABC):
     def histories_to_tensor(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """Left-pad raw histories to the model's input length."""
         return to_tensor(pad_left(histories, self.max_len))
+
+
+def load_params(model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``params`` (name → tensor) into ``model``'s parameters in place."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name])
 
 
 def init_weights(module: nn.Module) -> None:
