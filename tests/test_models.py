@@ -247,6 +247,23 @@ def test_sasrec_is_causal():
         assert not torch.allclose(out[:, t], base[:, t])
 
 
+def test_sasrec_block_follows_its_equation():
+    """Q = LN(x); x = Q + MHA(Q, x); x = LN(x); x + FFN(x): with attention dropout off, the
+    attention branch is deterministic in training mode however large the other dropout is."""
+    from fedrec.models.sasrec import SASRecBlock
+    from fedrec.models.transformer import attention_mask
+
+    torch.manual_seed(0)
+    block = SASRecBlock(16, 2, dropout=0.9, attn_dropout=0.0).train()
+    block.ffn.forward = torch.zeros_like  # isolate the attention half
+    x = torch.randn(3, 7, 16)
+    allowed = attention_mask(torch.ones(3, 7, dtype=torch.long), causal=True)
+    q = block.ln_attn(x)
+    expected = block.ln_ffn(q + block.attn(q, x, allowed))
+    torch.testing.assert_close(block(x, allowed), expected)
+    torch.testing.assert_close(block(x, allowed), block(x, allowed))
+
+
 def test_bert4rec_is_bidirectional():
     model = make("bert4rec", "ce").eval()
     seq = torch.tensor([[0, 0, 3, 7, 11, 5, 9, 2, 8, 4]])

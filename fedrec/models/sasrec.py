@@ -31,12 +31,11 @@ class SASRecBlock(nn.Module):
         self.attn = SelfAttention(d, heads, attn_dropout)
         self.ln_ffn = nn.LayerNorm(d, eps=1e-8)
         self.ffn = FeedForward(d, dropout)
-        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Apply the block to ``x`` [B, L, d]."""
+        """Apply the block to ``x`` [B, L, d] (no dropout on the attention output)."""
         q = self.ln_attn(x)
-        x = q + self.drop(self.attn(q, x, allowed))
+        x = q + self.attn(q, x, allowed)
         x = self.ln_ffn(x)
         return x + self.ffn(x)
 
@@ -55,7 +54,7 @@ class SASRec(SequentialRecommender):
     heads : int
         Attention heads.
     dropout : float
-        Dropout on embeddings, residual branches and FFN.
+        Dropout on embeddings and in the feed-forward branch.
     attn_dropout : float
         Dropout on attention weights (defaults to ``dropout``).
     """
