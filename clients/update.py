@@ -227,42 +227,37 @@ def batched_updates(
     loss_fn = _row_loss_fn(model)
     value_and_grad = torch.func.grad_and_value(loss_fn)
     model.train()
-    chunks_out: list[Params] = []
-    chunk_losses: list[torch.Tensor] = []
-    chunk_rows: list[np.ndarray] = []
+    stacked: Params = {n: torch.empty((len(seqs), *p.shape), dtype=p.dtype) for n, p in base.items()}
+    losses = torch.empty(len(seqs))
     lengths = np.array([len(s) - 1 for s in seqs])
     chunks = [g[i:i + chunk_size] for g in length_buckets(lengths, model.max_len)
               for i in range(0, len(g), chunk_size)]
     with vmap_safe_attention():
         for rows in chunks:
-            chunk_rows.append(rows)
             part = [seqs[i] for i in rows]
             ids = np.asarray(client_ids)[rows]
             if rc.protocol == "fedsgd":
                 batch = model.prepare_batch(part, client_keys(rc, ids))
-                g, loss = vmap(value_and_grad, in_dims=(None, 0), randomness="different")(base, batch)
-                chunks_out.append(g)
-                chunk_losses.append(loss.detach())
-                continue
-            batches = [model.prepare_batch(part, client_keys(rc, ids, e)) for e in range(rc.local_epochs)]
-            width = max(b["inputs"].shape[1] for b in batches)
-            stacked_batches = {k: torch.stack([_pad_batch(b, width)[k] for b in batches], dim=1)
-                               for k in batches[0]}
+                out, loss = vmap(value_and_grad, in_dims=(None, 0), randomness="different")(base, batch)
+            else:
+                batches = [model.prepare_batch(part, client_keys(rc, ids, e)) for e in range(rc.local_epochs)]
+                width = max(b["inputs"].shape[1] for b in batches)
+                stacked_batches = {k: torch.stack([_pad_batch(b, width)[k] for b in batches], dim=1)
+                                   for k in batches[0]}
 
-            def local_train(row_batches: dict[str, torch.Tensor]) -> tuple[Params, torch.Tensor]:
-                p = dict(base)
-                total = torch.zeros(())
-                for e in range(rc.local_epochs):
-                    row = {k: v[e] for k, v in row_batches.items()}
-                    g, loss = value_and_grad(p, row)
-                    p = {n: p[n] - rc.local_lr * g[n] for n in p}
-                    total = total + loss
-                return {n: p[n] - base[n] for n in p}, total / rc.local_epochs
+                def local_train(row_batches: dict[str, torch.Tensor]) -> tuple[Params, torch.Tensor]:
+                    p = dict(base)
+                    total = torch.zeros(())
+                    for e in range(rc.local_epochs):
+                        row = {k: v[e] for k, v in row_batches.items()}
+                        g, loss = value_and_grad(p, row)
+                        p = {n: p[n] - rc.local_lr * g[n] for n in p}
+                        total = total + loss
+                    return {n: p[n] - base[n] for n in p}, total / rc.local_epochs
 
-            d, loss = vmap(local_train, randomness="different")(stacked_batches)
-            chunks_out.append(d)
-            chunk_losses.append(loss.detach())
-    names = list(base)
-    inverse = torch.from_numpy(np.argsort(np.concatenate(chunk_rows), kind="stable"))
-    stacked = {n: torch.cat([c[n] for c in chunks_out]).detach()[inverse] for n in names}
-    return stacked, torch.cat(chunk_losses)[inverse]
+                out, loss = vmap(local_train, randomness="different")(stacked_batches)
+            index = torch.from_numpy(np.asarray(rows))
+            for n in stacked:  # write each chunk straight into its rows: no concatenation copy
+                stacked[n].index_copy_(0, index, out[n].detach())
+            losses.index_copy_(0, index, loss.detach())
+    return stacked, losses

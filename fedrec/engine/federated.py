@@ -197,15 +197,17 @@ class FederatedTrainer(Trainer):
                 report = None
         if report is None:
             stacked, losses = batched_updates(ctx.model, self.params, seqs, benign, rc, self.chunk_size)
-            order_ids = np.concatenate([benign, mal])
-            counts = weights_b + mal_counts
-            if mal_stacked is not None:
-                stacked = {n: torch.cat([stacked[n], mal_stacked[n]]) for n in stacked}
-            perm = np.argsort(order_ids, kind="stable")
-            stacked = {n: v[torch.from_numpy(perm)] for n, v in stacked.items()}
-            weights = torch.tensor(counts, dtype=torch.float64)[torch.from_numpy(perm)]
-            new, report = self.aggregator.round(self.params, stacked, weights, order_ids[perm],
-                                                step, rc.epoch)
+            counts = np.zeros(len(ids))
+            pos_b, pos_m = np.searchsorted(ids, benign), np.searchsorted(ids, mal)
+            counts[pos_b], counts[pos_m] = weights_b, mal_counts
+            if mal_stacked is not None:  # place every row at its client's position (ids sorted)
+                full = {n: torch.empty((len(ids), *v.shape[1:]), dtype=v.dtype) for n, v in stacked.items()}
+                for n in full:
+                    full[n].index_copy_(0, torch.from_numpy(pos_b), stacked[n])
+                    full[n].index_copy_(0, torch.from_numpy(pos_m), mal_stacked[n])
+                stacked = full
+            new, report = self.aggregator.round(self.params, stacked, torch.tensor(counts, dtype=torch.float64),
+                                                ids, step, rc.epoch)
         self.params = new
         out = {"loss": float(losses.mean()) if losses is not None and len(losses) else math.nan,
                "lr": self.aggregator.optimizer.current_lr(rc.epoch),
