@@ -5,8 +5,10 @@ Variants, each measured in a fresh subprocess (so peak RSS is its own):
 * ``a``   local engine, sum aggregation: one batched forward/backward per round
 * ``a2``  local engine with per-client updates materialised (``torch.func.vmap``), as robust
           rules need, then the server pipeline with ``mean`` on the stacked updates
-* ``b``   naive per-client loop: deep-copy the model per client and backpropagate each (how
-          the public DV-FSR reference code works)
+* ``b``   naive per-client loop: deep-copy the model per client and backpropagate each, every
+          sequence left-padded to max_len (how the public DV-FSR reference code works)
+* ``b1``  the same loop without the padding (each client at its own length): a stronger naive
+          baseline
 * ``c``   Flower simulation engine on a fresh local Ray instance (steady-state rounds; start-up
           reported separately)
 * ``f``   the floor: one plain batched forward/backward over the same 256 sequences
@@ -54,6 +56,18 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def pad_to_max_len(batch: dict, width: int) -> dict:
+    """Left-pad every per-position tensor of a one-sequence batch with 0 to ``width``."""
+    import torch.nn.functional as F
+
+    out = {}
+    for key, value in batch.items():
+        missing = width - value.shape[1]
+        pad = [0, 0] * (value.dim() - 2) + [missing, 0]
+        out[key] = F.pad(value, pad) if missing > 0 else value
+    return out
+
+
 def child(variant: str, dataset: str, rounds: int) -> dict:
     import numpy as np
     import torch
@@ -92,12 +106,14 @@ def child(variant: str, dataset: str, rounds: int) -> dict:
                                    model.item_param_names)
             w = torch.tensor([num_examples(s) for s in seqs], dtype=torch.float64)
             agg.round(params, stacked, w, ids, r, 0)
-        elif variant == "b":
+        elif variant in ("b", "b1"):
             total = {n: torch.zeros_like(p) for n, p in params.items()}
             for cid, seq in zip(ids, seqs):
                 local = copy.deepcopy(model)
                 local.train()
                 batch = local.prepare_batch([seq], stream_key(cfg.seed, r, np.array([cid]), 0))
+                if variant == "b":  # the reference pads every client's sequence to max_len
+                    batch = pad_to_max_len(batch, model.max_len)
                 local.zero_grad()
                 local(batch)[0].backward()
                 for n, p in local.named_parameters():
@@ -142,7 +158,7 @@ def run_child(args: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["steam", "ml-1m"])
-    ap.add_argument("--variants", nargs="+", default=["f", "a", "a2", "b", "c", "epoch"])
+    ap.add_argument("--variants", nargs="+", default=["f", "a", "a2", "b", "b1", "c", "epoch"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "DATASET", "ROUNDS"))
     args = ap.parse_args()
@@ -151,6 +167,8 @@ def main() -> None:
         res = flower(dataset, int(rounds)) if variant == "c" else child(variant, dataset, int(rounds))
         print(json.dumps(res))
         return
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores  load {load}", flush=True)
     rows = []
     for ds in args.datasets:
         res = {v: run_child([v, ds, str(args.rounds)]) for v in args.variants}
@@ -161,10 +179,10 @@ def main() -> None:
             if floor and "round_s" in r:
                 row["x_floor"] = r["round_s"] / floor
             rows.append(row)
-        if "a" in res and "b" in res and "round_s" in res["a"] and "round_s" in res["b"]:
-            rows.append({"dataset": ds, "variant": "a vs b", "speedup": res["b"]["round_s"] / res["a"]["round_s"]})
-        if "a" in res and "c" in res and "round_s" in res["a"] and "round_s" in res["c"]:
-            rows.append({"dataset": ds, "variant": "a vs c", "speedup": res["c"]["round_s"] / res["a"]["round_s"]})
+        for other in ("b", "b1", "c"):
+            if "round_s" in res.get("a", {}) and "round_s" in res.get(other, {}):
+                rows.append({"dataset": ds, "variant": f"a vs {other}",
+                             "speedup": res[other]["round_s"] / res["a"]["round_s"]})
     import pandas as pd
 
     df = pd.DataFrame(rows)

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,18 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
 # ----------------------------------------------------------------------------- server side
 
 
-def discover_nodes(grid: Grid, timeout: float = 600.0) -> dict[int, int]:
-    """``partition-id -> node id`` for every node, asked with one query message each."""
+def discover_nodes(grid: Grid, expected: int = 0, timeout: float = 600.0) -> dict[int, int]:
+    """``partition-id -> node id`` for every node, asked with one query message each.
+
+    The simulation engine registers its nodes while the ServerApp starts, so with thousands of
+    nodes the grid may list only some of them at first: wait (up to ``timeout`` seconds) until
+    it lists ``expected`` nodes before asking.
+    """
+    deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
+    while len(nodes) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        nodes = list(grid.get_node_ids())
     msgs = [Message(RecordDict({"config": ConfigRecord({"op": "whoami"})}), dst_node_id=n,
                     message_type=MessageType.QUERY) for n in nodes]
     out: dict[int, int] = {}
@@ -173,7 +183,7 @@ class FlowerTrainer(FederatedTrainer):
         """Attach to the grid and map partitions (clients) to node ids."""
         self.grid = grid
         parts = self.fed.threat.participants()
-        by_pid = discover_nodes(grid)
+        by_pid = discover_nodes(grid, expected=len(parts))
         missing = [p for p in range(len(parts)) if p not in by_pid]
         if missing:
             raise RuntimeError(f"{len(missing)} partitions have no node (expected {len(parts)})")
