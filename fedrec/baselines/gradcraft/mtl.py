@@ -95,6 +95,14 @@ def _check_common(vocab_sizes: Sequence[int], num_tasks: int, dim: int, dropout:
         raise ConfigError(f"dropout: expected a number in [0, 1), got {dropout}")
 
 
+def _towers(in_dim: int, units: Sequence[int], dropout: float, num_tasks: int) -> nn.ModuleList:
+    """One tower per task: ``mlp(in_dim, units)`` followed by a linear layer to one logit."""
+    out = units[-1] if units else in_dim
+    return nn.ModuleList(
+        nn.Sequential(mlp(in_dim, units, dropout), nn.Linear(out, 1)) for _ in range(num_tasks)
+    )
+
+
 class SharedBottom(MultiTaskModel):
     """Shared-Bottom multi-task model (embeddings -> shared MLP -> one MLP tower + logit per task).
 
@@ -133,11 +141,7 @@ class SharedBottom(MultiTaskModel):
         self.embed = FeatureEmbedding(vocab_sizes, n_dense, embedding_dim, init_std)
         self.bottom = mlp(self.embed.out_dim, bottom_units, dropout)
         width = bottom_units[-1] if bottom_units else self.embed.out_dim
-        tower_out = tower_units[-1] if tower_units else width
-        self.towers = nn.ModuleList(
-            nn.Sequential(mlp(width, tower_units, dropout), nn.Linear(tower_out, 1))
-            for _ in range(num_tasks)
-        )
+        self.towers = _towers(width, tower_units, dropout, num_tasks)
 
     def forward(self, x_cat: Tensor, x_dense: Tensor | None = None) -> Tensor:
         h = self.bottom(self.embed(x_cat, x_dense))
@@ -207,11 +211,7 @@ class PLE(MultiTaskModel):
         self.gates = nn.ModuleList(
             nn.Linear(in_dim, num_shared_experts + num_specific_experts) for _ in range(num_tasks)
         )
-        tower_out = tower_units[-1] if tower_units else width
-        self.towers = nn.ModuleList(
-            nn.Sequential(mlp(width, tower_units, dropout), nn.Linear(tower_out, 1))
-            for _ in range(num_tasks)
-        )
+        self.towers = _towers(width, tower_units, dropout, num_tasks)
 
     def gate_weights(self, x_cat: Tensor, x_dense: Tensor | None = None) -> Tensor:
         """Softmax gate weights ``[B, T, n_specific + n_shared]`` (rows sum to 1)."""
