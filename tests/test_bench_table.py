@@ -169,6 +169,21 @@ def test_report_and_pivot(ran):
     assert "attack \\ defense" in pivot and f"{er:.3f} / {hr:.3f}" in pivot
 
 
+def test_report_lists_an_interrupted_cell_without_error(ran, tmp_path):
+    """A cell stopped mid-run (no summary, no error file) is listed, not a crash."""
+    import shutil
+
+    _, cells, out, _ = ran
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    finished = [c for c in cells if (copy / "cells" / c.cell_id / "summary.json").is_file()]
+    victim = finished[0].cell_id
+    (copy / "cells" / victim / "summary.json").unlink()
+    text = render_report(copy).read_text()
+    section = text.split("## Cells not finished", 1)[1]
+    assert f"`{victim}`" in section and "no_such_attack" in section
+
+
 def test_cli_bench_inline_report_and_dry_run(tmp_path):
     grid_file = tmp_path / "g.yaml"
     grid_file.write_text(yaml.safe_dump({"base": TINY, "axes": {"seed": [0, 1]}}))

@@ -425,7 +425,8 @@ def render_report(out: str | Path, df: pd.DataFrame | None = None, plots: bool =
     if not bad.empty:
         lines += ["## Cells not finished", "",
                   _md_table(["cell", "status", "error"],
-                            [[f"`{r.cell_id}`", r.status, (r.error or "").replace("|", "\\|")]
+                            [[f"`{r.cell_id}`", r.status,
+                              (r.error if isinstance(r.error, str) else "").replace("|", "\\|")]
                              for r in bad.itertuples()]),
                   "", "Re-run the same `fedrec bench` command to retry them (finished cells are "
                   "kept).", ""]
