@@ -18,23 +18,21 @@ from fedrec.engine.context import RunContext
 from fedrec.engine.loop import Trainer
 
 
-class CentralizedTrainer(Trainer):
-    """Mini-batch training of the context's model (Adam), one step = one epoch.
+class EpochTrainer(Trainer):
+    """Base of the trainers whose step is one epoch of a torch optimizer on the context's model.
 
-    Parameters
-    ----------
-    ctx : RunContext
-        Data and model.
+    Holds what such trainers share: the step count and evaluation schedule (``train.epochs``,
+    ``train.eval_every``), the best-model copies, and the checkpoint (model, optimizer, the LR
+    scheduler if any, torch RNG for dropout). A subclass sets ``self.ctx`` and
+    ``self.optimizer`` (and ``self.scheduler`` if it steps one) and implements
+    :meth:`train_step` and :meth:`evaluate`.
     """
 
     unit = "epoch"
-
-    def __init__(self, ctx: RunContext) -> None:
-        self.ctx = ctx
-        tc = ctx.cfg.train
-        self.users = np.array([u for u, s in enumerate(ctx.split.train) if len(s) >= 2])
-        self.optimizer = torch.optim.Adam(ctx.model.parameters(), lr=tc.lr,
-                                          weight_decay=tc.weight_decay)
+    ctx: RunContext
+    optimizer: torch.optim.Optimizer
+    #: LR scheduler stepped by the subclass; checkpointed when set
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     @property
     def n_steps(self) -> int:
@@ -44,6 +42,47 @@ class CentralizedTrainer(Trainer):
     def is_eval_step(self, step: int) -> bool:
         """Evaluate every ``train.eval_every`` epochs."""
         return (step + 1) % self.ctx.cfg.train.eval_every == 0
+
+    def model_state(self) -> dict[str, Any]:
+        """A copy of the model parameters and buffers."""
+        return {k: v.detach().clone() for k, v in self.ctx.model.state_dict().items()}
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        """Load model parameters."""
+        self.ctx.model.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, LR schedule (if any) and torch RNG (dropout) state."""
+        state = {"model": self.model_state(), "optimizer": self.optimizer.state_dict()}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        state["torch_rng"] = torch.get_rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.ctx.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+class CentralizedTrainer(EpochTrainer):
+    """Mini-batch training of the context's model (Adam), one step = one epoch.
+
+    Parameters
+    ----------
+    ctx : RunContext
+        Data and model.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        tc = ctx.cfg.train
+        self.users = np.array([u for u, s in enumerate(ctx.split.train) if len(s) >= 2])
+        self.optimizer = torch.optim.Adam(ctx.model.parameters(), lr=tc.lr,
+                                          weight_decay=tc.weight_decay)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One epoch over all users in a seeded random order."""
@@ -66,22 +105,3 @@ class CentralizedTrainer(Trainer):
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics on ``split``."""
         return self.ctx.evaluate(split)
-
-    def model_state(self) -> dict[str, Any]:
-        """A copy of the model parameters."""
-        return {k: v.detach().clone() for k, v in self.ctx.model.state_dict().items()}
-
-    def load_model_state(self, state: dict[str, Any]) -> None:
-        """Load model parameters."""
-        self.ctx.model.load_state_dict(state)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer and torch RNG (dropout) state."""
-        return {"model": self.model_state(), "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.ctx.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])

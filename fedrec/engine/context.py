@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from fedrec.config import ExperimentConfig
 from fedrec.data.loader import load_split
 from fedrec.data.split import LeaveOneOut
-from fedrec.evaluation import EvalProtocol, evaluate
+from fedrec.evaluation import EvalProtocol, Scorer, evaluate
 from fedrec.models import SequentialRecommender, build_model
 
 
@@ -52,8 +53,30 @@ class RunContext:
         model.bce_reduction = cfg.model.bce_reduction
         return cls(cfg, split, model, eval_protocol(cfg))
 
-    def evaluate(self, which: str, model: SequentialRecommender | None = None) -> dict[str, float]:
-        """Evaluate ``model`` (default: the context's) on ``"valid"`` or ``"test"``."""
+    def evaluate(
+        self,
+        which: str,
+        model: SequentialRecommender | None = None,
+        scorer: Callable[[SequentialRecommender, np.ndarray], Scorer] | None = None,
+    ) -> dict[str, float]:
+        """Evaluate ``model`` (default: the context's) on ``"valid"`` or ``"test"``.
+
+        Parameters
+        ----------
+        which : {"valid", "test"}
+            Held-out split.
+        model : SequentialRecommender, optional
+            Model to evaluate (default: the context's).
+        scorer : callable, optional
+            ``scorer(model, users)`` builds the scorer handed to
+            :func:`~fedrec.evaluation.evaluate` for the evaluated ``users`` (e.g. a user-aware
+            one); default ``model.scores``.
+
+        Returns
+        -------
+        dict
+            Metrics by name.
+        """
         model = model or self.model
         sp = self.split
         users = self.eval_users if self.eval_users is not None else np.arange(sp.n_users)
@@ -66,7 +89,8 @@ class RunContext:
         was_training = model.training
         model.eval()
         try:
-            return evaluate(model.scores, [hist[u] for u in users], held[users], self.protocol,
+            score = model.scores if scorer is None else scorer(model, users)
+            return evaluate(score, [hist[u] for u in users], held[users], self.protocol,
                             model.max_len, sp.n_items, targets=self.targets,
                             popularity=sp.train_item_counts())
         finally:

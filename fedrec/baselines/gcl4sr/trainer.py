@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 from fedrec.baselines.gcl4sr.data import PrefixSamples
 from fedrec.data.batching import to_tensor
 from fedrec.data.random import stream_key
-from fedrec.engine.loop import Trainer
-from fedrec.evaluation import evaluate
+from fedrec.engine.centralized import EpochTrainer
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -78,7 +77,7 @@ class UserAwareScorer:
         return self.model.scores(seqs, users)
 
 
-class GCL4SRTrainer(Trainer):
+class GCL4SRTrainer(EpochTrainer):
     """One step = one epoch over all prefix samples (see module docstring).
 
     Parameters
@@ -86,8 +85,6 @@ class GCL4SRTrainer(Trainer):
     ctx : RunContext
         Run context; its model must be a :class:`~fedrec.baselines.gcl4sr.model.GCL4SR`.
     """
-
-    unit = "epoch"
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
@@ -105,15 +102,6 @@ class GCL4SRTrainer(Trainer):
             from fedrec.baselines.gradcraft import get_combiner
 
             self.combiner = get_combiner(model.combiner, model.combiner_params)
-
-    @property
-    def n_steps(self) -> int:
-        """Configured number of epochs."""
-        return self.ctx.cfg.train.epochs
-
-    def is_eval_step(self, step: int) -> bool:
-        """Evaluate every ``train.eval_every`` epochs."""
-        return (step + 1) % self.ctx.cfg.train.eval_every == 0
 
     def backward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Fill ``.grad`` from the weighted terms (sum, or the configured combiner)."""
@@ -157,41 +145,4 @@ class GCL4SRTrainer(Trainer):
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics on ``"valid"`` or ``"test"`` (the project's evaluation, user-aware scores)."""
-        ctx, model = self.ctx, self.ctx.model
-        sp = ctx.split
-        users = ctx.eval_users if ctx.eval_users is not None else np.arange(sp.n_users)
-        if split == "valid":
-            hist, held = sp.valid_inputs(), sp.valid
-        elif split == "test":
-            hist, held = sp.test_inputs(), sp.test
-        else:
-            raise ValueError(f"unknown split {split!r}")
-        histories = [hist[u] for u in users]
-        was_training = model.training
-        model.eval()
-        try:
-            return evaluate(UserAwareScorer(model, users), histories, held[users], ctx.protocol,
-                            model.max_len, sp.n_items, targets=ctx.targets,
-                            popularity=sp.train_item_counts())
-        finally:
-            model.train(was_training)
-
-    def model_state(self) -> dict[str, Any]:
-        """A copy of the model parameters and buffers."""
-        return {k: v.detach().clone() for k, v in self.ctx.model.state_dict().items()}
-
-    def load_model_state(self, state: dict[str, Any]) -> None:
-        """Load model parameters."""
-        self.ctx.model.load_state_dict(state)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, LR schedule and torch RNG (dropout) state."""
-        return {"model": self.model_state(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.ctx.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        return self.ctx.evaluate(split, scorer=UserAwareScorer)
