@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import config_with, interrupted_in_step, strip_timing
 
 from fedrec.config import load_config
 from fedrec.data.loader import load_split
@@ -31,17 +32,7 @@ def tiny(**over):
         "train": {"epochs": 4, "batch_size": 32, "lr": 0.005, "patience": 100},
         "eval": {"ks": [5, 10], "n_negatives": 20},
     }
-    for key, value in over.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return load_config(base=raw)
-
-
-def strip_timing(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return config_with(raw, **over)
 
 
 def test_sasrec_beats_most_popular_by_a_wide_margin(tmp_path):
@@ -70,30 +61,11 @@ def test_resume_after_a_crash_gives_identical_results(tmp_path, monkeypatch):
 
     # crash in the middle of epoch 2: after one optimizer step has changed the weights, the
     # Adam state and the dropout RNG, so resuming must restore all of them from the checkpoint
-    original = CentralizedTrainer.train_step
-
-    def crashing(self, step):
-        if step == 2:
-            model = self.ctx.model
-            calls = {"n": 0}
-            real_loss = model.loss
-
-            def loss(batch):
-                calls["n"] += 1
-                if calls["n"] == 2:
-                    raise KeyboardInterrupt
-                return real_loss(batch)
-
-            model.loss = loss
-        return original(self, step)
-
-    monkeypatch.setattr(CentralizedTrainer, "train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_step(monkeypatch, CentralizedTrainer, "loss", step=2):
         run_experiment(cfg, tmp_path / "crash", progress=False)
     run = RunDir(tmp_path / "crash")
     assert not run.is_finished()
     assert [r["step"] for r in run.read_metrics()] == [0, 1]
-    monkeypatch.setattr(CentralizedTrainer, "train_step", original)
 
     resumed = run_experiment(cfg, tmp_path / "crash", resume=True, progress=False)
     assert resumed["test"] == ref["test"]

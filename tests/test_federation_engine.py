@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import config_with, strip_timing
 
 from attacks.base import Attack
 from attacks.registry import ATTACKS
 from clients.update import Update
-from fedrec.config import load_config
 from fedrec.engine.loop import Trainer
 from fedrec.results import RunDir
 from fedrec.runner import run_experiment
@@ -29,21 +29,11 @@ TINY = {
 
 
 def _cfg(**over):
-    raw = json.loads(json.dumps(TINY))
-    for key, value in over.items():
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return load_config(base=raw)
+    return config_with(json.loads(json.dumps(TINY)), **over)
 
 
 def _records(path):
-    out = []
-    for r in RunDir(path).read_metrics():
-        out.append({k: v for k, v in r.items() if k != "seconds"})
-    return out
+    return strip_timing(RunDir(path).read_metrics())
 
 
 def test_same_seed_same_results(tmp_path):

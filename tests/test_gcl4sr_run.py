@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import config_with, interrupted_in_step, strip_timing
 
 from fedrec.baselines.gcl4sr.trainer import GCL4SRTrainer, UserAwareScorer
-from fedrec.config import load_config
 from fedrec.engine.context import RunContext
 from fedrec.evaluation import EvalProtocol, evaluate
 from fedrec.results import RunDir
@@ -33,17 +33,7 @@ def tiny(**over):
                   "metric": "full/NDCG@20"},
         "eval": {"ks": [10, 20], "full": True, "sampled": False},
     }
-    for key, value in over.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return load_config(base=raw)
-
-
-def strip_timing(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return config_with(raw, **over)
 
 
 def test_runner_uses_the_gcl4sr_trainer_which_builds_graph_and_users():
@@ -61,27 +51,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     assert set(ref["test"]) >= {"full/HR@10", "full/HR@20", "full/NDCG@10", "full/NDCG@20"}
     assert not any(k.startswith("sampled/") for k in ref["test"])
 
-    original = GCL4SRTrainer.train_step
-
-    def crashing(self, step):  # crash after the first optimizer step of epoch 2
-        if step == 2:
-            model = self.ctx.model
-            calls = {"n": 0}
-            real = model.loss_terms
-
-            def loss_terms(batch):
-                calls["n"] += 1
-                if calls["n"] == 2:
-                    raise KeyboardInterrupt
-                return real(batch)
-
-            model.loss_terms = loss_terms
-        return original(self, step)
-
-    monkeypatch.setattr(GCL4SRTrainer, "train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    # crash after the first optimizer step of epoch 2
+    with interrupted_in_step(monkeypatch, GCL4SRTrainer, "loss_terms", step=2):
         run_experiment(cfg, tmp_path / "crash", progress=False)
-    monkeypatch.setattr(GCL4SRTrainer, "train_step", original)
     run = RunDir(tmp_path / "crash")
     assert [r["step"] for r in run.read_metrics()] == [0, 1]
     resumed = run_experiment(cfg, tmp_path / "crash", resume=True, progress=False)

@@ -1,0 +1,91 @@
+"""Plain helpers shared by several test modules (``from helpers import ...``).
+
+pytest puts ``tests/`` on ``sys.path`` (no ``__init__.py``, default import mode), so test
+modules import this file by its bare name. Fixtures belong in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from fedrec.config import ExperimentConfig, load_config
+
+
+def config_with(raw: dict[str, Any], **over: Any) -> ExperimentConfig:
+    """Load ``raw`` as a config after setting dotted keys in it (``raw`` is modified).
+
+    Parameters
+    ----------
+    raw : dict
+        Raw config (as read from YAML).
+    **over
+        ``"section.key": value`` pairs; missing sections are created.
+
+    Returns
+    -------
+    ExperimentConfig
+        ``load_config(base=raw)``.
+    """
+    for key, value in over.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return load_config(base=raw)
+
+
+def strip_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metric records without their wall-clock ``seconds`` (the only field runs may not share)."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+@contextmanager
+def interrupted_in_step(
+    monkeypatch: pytest.MonkeyPatch, trainer_cls: type, loss_attr: str, step: int = 2
+) -> Iterator[None]:
+    """Expect a ``KeyboardInterrupt`` from the block, raised in the middle of a training step.
+
+    While the block runs, step ``step`` of ``trainer_cls`` raises at the second call of the
+    model's ``loss_attr`` method: after one optimizer step has changed the weights, the
+    optimizer state and the dropout RNG, so a resumed run must restore all of them from the
+    checkpoint. ``trainer_cls.train_step`` is restored on exit.
+
+    Parameters
+    ----------
+    monkeypatch : pytest.MonkeyPatch
+        The test's monkeypatch fixture.
+    trainer_cls : type
+        Trainer class whose ``train_step`` is wrapped.
+    loss_attr : str
+        Name of the model method called once per batch (e.g. ``"loss"``).
+    step : int
+        The step that crashes.
+    """
+    original = trainer_cls.train_step
+
+    def crashing(self: Any, s: int) -> dict[str, float]:
+        if s == step:
+            model = self.ctx.model
+            calls = {"n": 0}
+            real = getattr(model, loss_attr)
+
+            def loss(batch: Any) -> Any:
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    raise KeyboardInterrupt
+                return real(batch)
+
+            setattr(model, loss_attr, loss)
+        return original(self, s)
+
+    monkeypatch.setattr(trainer_cls, "train_step", crashing)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(trainer_cls, "train_step", original)
