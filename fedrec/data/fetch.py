@@ -38,7 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.data.dataset import SequenceDataset
-from fedrec.data.formats import _int, _lines, read_gcl4sr, read_movielens, read_sequences
+from fedrec.data.formats import (
+    _int,
+    _lines,
+    _user_items,
+    read_gcl4sr,
+    read_movielens,
+    read_sequences,
+)
 from fedrec.data.registry import DatasetInfo, RawFile, cache_dir, data_root, get, local_status
 from fedrec.errors import ChecksumError, DataFormatError, DatasetNotFoundError, FedRecError
 
@@ -158,16 +165,7 @@ def _read_rows(path: Path) -> dict[int, np.ndarray]:
     """``user item item ...`` lines with non-negative ids (0-based allowed), one line per user."""
     rows: dict[int, np.ndarray] = {}
     for lineno, line in _lines(path):
-        toks = line.split()
-        if not toks:
-            raise DataFormatError(f"{path}:{lineno}: empty line (expected 'user item item ...')")
-        if len(toks) < 2:
-            raise DataFormatError(f"{path}:{lineno}: user {toks[0]!r} has no items")
-        user = _int(toks[0], path, lineno, "user id")
-        try:
-            items = list(map(int, toks[1:]))
-        except ValueError:
-            items = [_int(t, path, lineno, "item id") for t in toks[1:]]
+        user, items = _user_items(line, path, lineno)
         if min(items) < 0 or user < 0:
             raise DataFormatError(f"{path}:{lineno}: negative id")
         if user in rows:

@@ -56,6 +56,21 @@ def _check_item(item: int, path: Path, lineno: int) -> None:
         )
 
 
+def _user_items(line: str, path: Path, lineno: int) -> tuple[int, list[int]]:
+    """Parse one ``user item item ...`` line into the user id and the item ids (unchecked)."""
+    toks = line.split()
+    if not toks:
+        raise DataFormatError(f"{path}:{lineno}: empty line (expected 'user item item ...')")
+    if len(toks) < 2:
+        raise DataFormatError(f"{path}:{lineno}: user {toks[0]!r} has no items")
+    user = _int(toks[0], path, lineno, "user id")
+    try:
+        items = list(map(int, toks[1:]))
+    except ValueError:  # name the first bad token
+        items = [_int(t, path, lineno, "item id") for t in toks[1:]]
+    return user, items
+
+
 def read_sequences(path: str | Path) -> tuple[list[int], list[np.ndarray]]:
     """Read ``user item item ...`` lines.
 
@@ -80,13 +95,7 @@ def read_sequences(path: str | Path) -> tuple[list[int], list[np.ndarray]]:
     users: list[int] = []
     seqs: list[np.ndarray] = []
     for lineno, line in _lines(path):
-        toks = line.split()
-        if not toks:
-            raise DataFormatError(f"{path}:{lineno}: empty line (expected 'user item item ...')")
-        if len(toks) < 2:
-            raise DataFormatError(f"{path}:{lineno}: user {toks[0]!r} has no items")
-        user = _int(toks[0], path, lineno, "user id")
-        items = [_int(t, path, lineno, "item id") for t in toks[1:]]
+        user, items = _user_items(line, path, lineno)
         for it in items:
             _check_item(it, path, lineno)
         users.append(user)
