@@ -149,6 +149,29 @@ def _dvfsr_ml(path: str) -> tuple[str, ...]:
     return tuple(github_raw(r, c, path) for r, c in (_DVFSR, _POISONFEDDLRS, _DVFSR_ALT))
 
 
+def _iclrec_amazon(
+    name: str, description: str, file: str, *, sha256: str, git_blob: str, size: int,
+    iclrec_cite: str,
+) -> DatasetInfo:
+    """An Amazon 2014 5-core dataset shipped already normalised in ICLRec's ``data/`` folder."""
+    return DatasetInfo(
+        name,
+        description,
+        raw=(
+            RawFile(file, (github_raw(*_ICLREC, f"data/{file}"),), sha256=sha256,
+                    git_blob=git_blob, size=size),
+        ),
+        convert="sequences",
+        normalise="Already normalised ('user item item ...', contiguous 1-based ids); copied.",
+        order="Chronological according to S3-Rec / ICLRec (no timestamps shipped).",
+        citation=(
+            _AMAZON_CITE + " Preprocessing: Zhou et al., S3-Rec, CIKM 2020; Chen et al., "
+            + iclrec_cite
+        ),
+        terms=_AMAZON_TERMS,
+    )
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "ml-1m": DatasetInfo(
         "ml-1m",
@@ -246,39 +269,21 @@ DATASETS: dict[str, DatasetInfo] = {
             "redistribute."
         ),
     ),
-    "beauty": DatasetInfo(
+    "beauty": _iclrec_amazon(
         "beauty",
         "Amazon Beauty 2014, 5-core (S3-Rec / ICLRec preprocessing), 22,363 users, 12,101 items",
-        raw=(
-            RawFile("Beauty.txt", (github_raw(*_ICLREC, "data/Beauty.txt"),),
-                    sha256="226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
-                    git_blob="a29773026846d857ec8176cb25f37b23ecf20155", size=1090094),
-        ),
-        convert="sequences",
-        normalise="Already normalised ('user item item ...', contiguous 1-based ids); copied.",
-        order="Chronological according to S3-Rec / ICLRec (no timestamps shipped).",
-        citation=(
-            _AMAZON_CITE + " Preprocessing: Zhou et al., S3-Rec, CIKM 2020; Chen et al., "
-            "Intent Contrastive Learning for Sequential Recommendation (ICLRec), WWW 2022."
-        ),
-        terms=_AMAZON_TERMS,
+        "Beauty.txt",
+        sha256="226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+        git_blob="a29773026846d857ec8176cb25f37b23ecf20155", size=1090094,
+        iclrec_cite="Intent Contrastive Learning for Sequential Recommendation (ICLRec), WWW 2022.",
     ),
-    "toys": DatasetInfo(
+    "toys": _iclrec_amazon(
         "toys",
         "Amazon Toys and Games 2014, 5-core (ICLRec), 19,412 users, 11,924 items",
-        raw=(
-            RawFile("Toys_and_Games.txt", (github_raw(*_ICLREC, "data/Toys_and_Games.txt"),),
-                    sha256="176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f",
-                    git_blob="5459307b30f65949605b34d350bfad37586a1b97", size=922166),
-        ),
-        convert="sequences",
-        normalise="Already normalised ('user item item ...', contiguous 1-based ids); copied.",
-        order="Chronological according to S3-Rec / ICLRec (no timestamps shipped).",
-        citation=(
-            _AMAZON_CITE + " Preprocessing: Zhou et al., S3-Rec, CIKM 2020; Chen et al., "
-            "ICLRec, WWW 2022."
-        ),
-        terms=_AMAZON_TERMS,
+        "Toys_and_Games.txt",
+        sha256="176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f",
+        git_blob="5459307b30f65949605b34d350bfad37586a1b97", size=922166,
+        iclrec_cite="ICLRec, WWW 2022.",
     ),
     "home": DatasetInfo(
         "home",
