@@ -9,6 +9,7 @@ names the key (with a suggestion for likely typos).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -294,19 +295,41 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_key_path(raw: dict[str, Any], path: Sequence[str], value: Any, where: str) -> None:
+    """Set ``raw[path[0]]...[path[-1]] = value`` in a raw config dict, creating missing sections.
+
+    Parameters
+    ----------
+    raw : dict
+        Raw config (modified in place).
+    path : Sequence[str]
+        Key path, e.g. ``["model", "hidden"]``.
+    value : Any
+        Value to store (not copied).
+    where : str
+        Prefix of the error message.
+
+    Raises
+    ------
+    ConfigError
+        ``"<where>: 'part' is not a section"`` when a key on the way holds a non-mapping.
+    """
+    node = raw
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where}: {part!r} is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``--set`` overrides to a raw config dict (in place; also returned)."""
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
-            node = nxt
-        node[path[-1]] = value
+        set_key_path(raw, path, value, f"--set {text!r}")
     return raw
 
 

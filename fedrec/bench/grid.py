@@ -44,7 +44,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fedrec.config import ExperimentConfig, apply_overrides, read_yaml, validate_config
+from fedrec.config import (
+    ExperimentConfig,
+    apply_overrides,
+    read_yaml,
+    set_key_path,
+    validate_config,
+)
 from fedrec.errors import ConfigError
 
 #: Top-level keys of a grid file.
@@ -113,16 +119,7 @@ def check_key(key: Any, where: str) -> str:
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str = "grid") -> None:
     """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"`` (creating sections)."""
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{where}: cannot set {key!r}: {part!r} is not a section")
-        node = nxt
-    node[parts[-1]] = copy.deepcopy(value)
+    set_key_path(raw, key.split("."), copy.deepcopy(value), f"{where}: cannot set {key!r}")
 
 
 def get_dotted(raw: Any, key: str) -> tuple[bool, Any]:
