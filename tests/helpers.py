@@ -11,8 +11,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import torch
 
 from fedrec.config import ExperimentConfig, load_config
+from fedrec.models import SequentialRecommender, build_model
 
 
 def config_with(raw: dict[str, Any], **over: Any) -> ExperimentConfig:
@@ -89,3 +91,42 @@ def interrupted_in_step(
             yield
     finally:
         monkeypatch.setattr(trainer_cls, "train_step", original)
+
+
+def small_model(
+    name: str,
+    n_items: int,
+    *,
+    hidden: int = 16,
+    max_len: int = 12,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> SequentialRecommender:
+    """A small seeded model: one block (transformers) or one layer (GRU4Rec).
+
+    Parameters
+    ----------
+    name : str
+        Registered model name (``"sasrec"``, ``"bert4rec"``, ``"gru4rec"``...).
+    n_items : int
+        Number of items.
+    hidden, max_len, dropout : int, int, float
+        Model size and dropout.
+    seed : int
+        ``torch.manual_seed`` applied before building (fixes the initial weights).
+
+    Returns
+    -------
+    SequentialRecommender
+        The model.
+    """
+    torch.manual_seed(seed)
+    kw: dict[str, Any] = {"hidden": hidden, "max_len": max_len, "dropout": dropout}
+    if name != "gru4rec":
+        kw["blocks"] = 1
+    return build_model(name, n_items, **kw)
+
+
+def param_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the model's named parameters."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}

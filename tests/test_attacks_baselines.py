@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import param_copy, small_model
 from torch.nn import functional as F
 
 from attacks.approx_users import mine_hard_users
@@ -18,7 +19,6 @@ from attacks.registry import build_attack
 from attacks.threat import ThreatModel
 from clients.update import RoundConfig, client_update
 from fedrec.errors import ConfigError
-from fedrec.models import build_model
 
 torch.set_num_threads(1)
 N_ITEMS = 40
@@ -26,15 +26,7 @@ TARGET = 7
 
 
 def _model(name: str = "sasrec", seed: int = 0):
-    torch.manual_seed(seed)
-    kw = {"hidden": 16, "max_len": 12, "dropout": 0.0}
-    if name != "gru4rec":
-        kw["blocks"] = 1
-    return build_model(name, N_ITEMS, **kw)
-
-
-def _params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return small_model(name, N_ITEMS, seed=seed)
 
 
 def _threat(popularity=True, public=True, n_mal=2) -> ThreatModel:
@@ -111,7 +103,7 @@ def test_knowledge_is_required():
     for name, key in (("popular", "popularity"), ("bandwagon", "popularity"), ("pipattack", "popularity"),
                       ("fedrecattack", "public_fraction")):
         with pytest.raises(ConfigError, match=f"attack.knowledge.{key}"):
-            build_attack(name, {}).craft(model, _params(model), 30, threat, rc)
+            build_attack(name, {}).craft(model, param_copy(model), 30, threat, rc)
 
 
 # ----------------------------------------------------------------------------- EB
@@ -125,8 +117,8 @@ def test_eb_profiles():
     assert r.tolist() == [TARGET, 9, TARGET, 9, TARGET, 9, TARGET]
     threat = _threat()
     model = _model()
-    upd = build_attack("eb", {}).craft(model, _params(model), 30, threat, RoundConfig(round=0, epoch=0))
-    ref = client_update(model, _params(model), np.concatenate([threat.accounts[30], [TARGET]]), 30,
+    upd = build_attack("eb", {}).craft(model, param_copy(model), 30, threat, RoundConfig(round=0, epoch=0))
+    ref = client_update(model, param_copy(model), np.concatenate([threat.accounts[30], [TARGET]]), 30,
                         RoundConfig(round=0, epoch=0))
     for n in upd.params:
         torch.testing.assert_close(upd.params[n], ref.params[n])
@@ -144,7 +136,7 @@ def test_popularity_levels_equal_size_ties_by_id():
 
 def test_pipattack_popularity_term_moves_target_toward_popular_items():
     model = _model()
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat()
     rc = RoundConfig(round=0, epoch=0)
     full = build_attack("pipattack", {"estimator_steps": 200}).craft(model, params, 30, threat, rc)
@@ -170,8 +162,8 @@ def test_distance_constraint_projects_into_ball():
     model = _model()
     threat = _threat()
     rc = RoundConfig(round=0, epoch=0)
-    upd = build_attack("pipattack", {"distance": 0.5}).craft(model, _params(model), 30, threat, rc)
-    ben = client_update(model, _params(model), threat.accounts[30], 30, rc).params
+    upd = build_attack("pipattack", {"distance": 0.5}).craft(model, param_copy(model), 30, threat, rc)
+    ben = client_update(model, param_copy(model), threat.accounts[30], 30, rc).params
     dist = torch.sqrt(sum(((upd.params[n] - ben[n]) ** 2).sum() for n in ben))
     norm_b = torch.sqrt(sum((v ** 2).sum() for v in ben.values()))
     assert float(dist) <= 0.5 * float(norm_b) * (1 + 1e-4)
@@ -193,7 +185,7 @@ def test_competitor_is_kth_best_excluding_history_and_target():
 
 def test_fedrecattack_upload_rows_split_and_clipped():
     model = _model()
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat(n_mal=2)
     rc = RoundConfig(round=0, epoch=0)
     a = build_attack("fedrecattack", {"items_limit": 6, "grad_limit": 0.5})
@@ -219,7 +211,7 @@ def test_upload_rows_helper():
 
 def test_fedrecattack_lowers_the_loss_it_descends():
     model = _model()
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat()
     rc = RoundConfig(round=0, epoch=0)
     attack = build_attack("fedrecattack", {"items_limit": 40, "grad_limit": 100.0})
@@ -267,7 +259,7 @@ def test_hard_user_mining_lowers_target_score(name):
 
 def test_a_ra_is_a_hum_without_mining_and_promotes_target():
     model = _model()
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat()
     rc = RoundConfig(round=1, epoch=0)
     ra = build_attack("a_ra", {}).craft(model, params, 30, threat, rc)
@@ -290,7 +282,7 @@ def test_psmu_alternatives_are_nearest_neighbours():
 
 def test_psmu_update_ranks_target_above_alternatives():
     model = _model()
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat()
     upd = build_attack("psmu", {"n_alternatives": 3}).craft(model, params, 30, threat, RoundConfig(round=0, epoch=0))
     alts = alternative_products(params["item_emb.weight"][: N_ITEMS + 1], torch.tensor([TARGET]), 3)[0]

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import param_copy, small_model
 
 from attacks.base import NoAttack
 from attacks.common import loss_update, next_logits
@@ -17,7 +18,6 @@ from fedrec.config import AttackConfig, TargetConfig, load_config
 from fedrec.data.split import leave_one_out
 from fedrec.data.synthetic import generate
 from fedrec.errors import ConfigError
-from fedrec.models import build_model
 
 torch.set_num_threads(1)
 
@@ -34,15 +34,7 @@ def split():
 
 
 def _model(name, n_items, dropout=0.1):
-    torch.manual_seed(0)
-    kw = {"hidden": 8, "max_len": 8, "dropout": dropout}
-    if name != "gru4rec":
-        kw["blocks"] = 1
-    return build_model(name, n_items, **kw)
-
-
-def _params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return small_model(name, n_items, hidden=8, max_len=8, dropout=dropout)
 
 
 def _threat(split, name="dvfsr"):
@@ -71,7 +63,7 @@ def test_registry_names():
 @pytest.mark.parametrize("model_name", ["sasrec", "bert4rec", "gru4rec"])
 def test_layout_equals_benign_layout_for_every_attack(split, protocol, model_name):
     model = _model(model_name, split.n_items)
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat(split)
     rc = RoundConfig(round=1, epoch=0, protocol=protocol, seed=2, local_epochs=2, local_lr=0.1)
     cid = int(threat.malicious_ids[0])
@@ -91,13 +83,13 @@ def test_model_poisoning_reports_account_count(split):
     model = _model("sasrec", split.n_items)
     threat = _threat(split)
     cid = int(threat.malicious_ids[0])
-    upd = build_attack("psmu", {}).craft(model, _params(model), cid, threat, RoundConfig(round=0, epoch=0))
+    upd = build_attack("psmu", {}).craft(model, param_copy(model), cid, threat, RoundConfig(round=0, epoch=0))
     assert upd.num_examples == len(threat.accounts[cid]) - 1
 
 
 def test_deterministic_and_engine_rng_untouched(split):
     model = _model("sasrec", split.n_items, dropout=0.3)
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat(split)
     cid = int(threat.malicious_ids[1])
     rc = RoundConfig(round=3, epoch=1, seed=9)
@@ -121,7 +113,7 @@ def test_deterministic_and_engine_rng_untouched(split):
 @pytest.mark.parametrize("name", ALL)
 def test_scale_multiplies(split, name):
     model = _model("sasrec", split.n_items)
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat(split)
     cid = int(threat.malicious_ids[0])
     rc = RoundConfig(round=0, epoch=0, seed=1)
@@ -133,7 +125,7 @@ def test_scale_multiplies(split, name):
 
 def test_loss_update_fedavg_equals_manual_sgd(split):
     model = _model("sasrec", split.n_items, dropout=0.0)
-    params = _params(model)
+    params = param_copy(model)
     seq = torch.tensor([[0, 3, 4, 5]])
 
     def loss_fn(m, step):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import param_copy, small_model
 from torch.nn import functional as F
 
 from attacks.common import as_input, input_embeddings, next_logits
@@ -19,22 +20,13 @@ from attacks.dvfsr import (
 from attacks.registry import build_attack
 from attacks.threat import ThreatModel
 from clients.update import RoundConfig
-from fedrec.models import build_model
 
 torch.set_num_threads(1)
 N_ITEMS = 40
 
 
 def _model(name: str = "sasrec", dropout: float = 0.0, seed: int = 0):
-    torch.manual_seed(seed)
-    kw = {"hidden": 16, "max_len": 12, "dropout": dropout}
-    if name != "gru4rec":
-        kw["blocks"] = 1
-    return build_model(name, N_ITEMS, **kw)
-
-
-def _params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return small_model(name, N_ITEMS, dropout=dropout, seed=seed)
 
 
 def _threat(target: int = 7, history=None) -> ThreatModel:
@@ -126,7 +118,7 @@ def test_contrastive_step_moves_target_toward_preference_centroid():
 
 def test_ablation_aliases_equal_dvfsr_with_other_weight_zero():
     model = _model(dropout=0.1)
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat()
     rc = RoundConfig(round=2, epoch=0, seed=5)
     s = build_attack("s_fsr", {"repeats": 3}).craft(model, params, 50, threat, rc)
@@ -146,7 +138,7 @@ def test_ablation_aliases_equal_dvfsr_with_other_weight_zero():
 
 def test_leak_flag_adds_exactly_the_ce_gradient_of_the_unpolluted_sequence():
     model = _model()
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat()
     rc = RoundConfig(round=0, epoch=0, seed=1)
     plain = build_attack("dvfsr", {}).craft(model, params, 50, threat, rc)
@@ -166,7 +158,7 @@ def test_leak_flag_adds_exactly_the_ce_gradient_of_the_unpolluted_sequence():
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec"])
 def test_fedsgd_step_raises_target_score_for_held_out_histories(name):
     model = _model(name)
-    params = _params(model)
+    params = param_copy(model)
     threat = _threat()
     rng = np.random.default_rng(1)
     held_out = [rng.choice(np.setdiff1d(np.arange(1, N_ITEMS + 1), [7]), size=8, replace=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import param_copy, small_model
 
 from clients.update import (
     RoundConfig,
@@ -25,23 +26,13 @@ def split():
     return leave_one_out(generate(n_users=40, n_items=50, max_len=25, seed=3))
 
 
-def _model(name: str, n_items: int):
-    torch.manual_seed(0)
-    kw = {"hidden": 16, "max_len": 12, "dropout": 0.0}
-    if name != "gru4rec":
-        kw["blocks"] = 1
-    return build_model(name, n_items, **kw)
-
-
-def _params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec"])
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
 def test_batched_equals_per_client_loop(split, name, protocol):
-    model = _model(name, split.n_items)
-    params = _params(model)
+    model = small_model(name, split.n_items)
+    params = param_copy(model)
     ids = np.arange(0, 40, 3)
     seqs = [split.train[i] for i in ids]
     rc = RoundConfig(round=4, epoch=1, protocol=protocol, seed=7, local_epochs=2, local_lr=0.5)
@@ -58,8 +49,8 @@ def test_batched_equals_per_client_loop(split, name, protocol):
 
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
 def test_combined_gradient_equals_weighted_sum_of_client_gradients(split, name):
-    model = _model(name, split.n_items)
-    params = _params(model)
+    model = small_model(name, split.n_items)
+    params = param_copy(model)
     ids = np.arange(10)
     seqs = [split.train[i] for i in ids]
     rc = RoundConfig(round=1, epoch=0, seed=2)
@@ -73,7 +64,7 @@ def test_combined_gradient_equals_weighted_sum_of_client_gradients(split, name):
 
 def test_client_randomness_depends_only_on_client_and_round(split):
     model = build_model("sasrec", split.n_items, hidden=8, blocks=1, max_len=10, dropout=0.0)
-    params = _params(model)
+    params = param_copy(model)
     rc = RoundConfig(round=3, epoch=0, seed=1)
     a = client_update(model, params, split.train[5], 5, rc).params
     b = client_update(model, params, split.train[5], 5, RoundConfig(round=3, epoch=0, seed=1)).params
@@ -85,7 +76,7 @@ def test_client_randomness_depends_only_on_client_and_round(split):
 def test_fedavg_delta_is_local_sgd(split):
     """One local epoch of FedAvg = one SGD step on the client's FedSGD gradient."""
     model = build_model("sasrec", split.n_items, hidden=8, blocks=1, max_len=10, dropout=0.0)
-    params = _params(model)
+    params = param_copy(model)
     rc_sgd = RoundConfig(round=0, epoch=0, protocol="fedsgd", seed=0)
     rc_avg = RoundConfig(round=0, epoch=0, protocol="fedavg", seed=0, local_epochs=1, local_lr=0.3)
     g = client_update(model, params, split.train[2], 2, rc_sgd).params
