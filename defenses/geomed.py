@@ -179,16 +179,22 @@ class GeometricMedian(Defense):
 
 
 class DVFSRHybrid(GeometricMedian):
-    """DV-FSR hybrid: ``mean_weight * weighted_mean + (1 - mean_weight) * geometric_median``.
+    """DV-FSR hybrid: ``mean_weight * mean + (1 - mean_weight) * geometric_median``.
 
-    ``AggregationInfo.weights`` are the blended coefficients ``mean_weight * a + (1 -
-    mean_weight) * c`` (the result is exactly ``sum_i weights_i x_i``); ``kept`` flags clients
-    far from the geometric median as in :class:`GeometricMedian`.
+    The authors' ``mixagg`` blends the plain mean of the round's gradients with their
+    geometric median (whose Weiszfeld weights are example counts), so the mean term is
+    unweighted by default; ``mean_weighting="examples"`` uses the example-weighted mean instead.
+    ``AggregationInfo.weights`` are the blended coefficients ``mean_weight * m + (1 -
+    mean_weight) * c`` (``m`` = the mean's coefficients; the result is exactly ``sum_i
+    weights_i x_i``); ``kept`` flags clients far from the geometric median as in
+    :class:`GeometricMedian`.
 
     Parameters
     ----------
     mean_weight : float (default: 0.3)
-        Weight of the example-weighted mean, ``0 <= mean_weight <= 1``.
+        Weight of the mean, ``0 <= mean_weight <= 1``.
+    mean_weighting : {"uniform", "examples"} (default: "uniform")
+        Coefficients of the mean term: ``1/n`` each, or proportional to example counts.
     max_iter : int (default: 4)
         Maximum Weiszfeld iterations, ``>= 1``.
     tol : float (default: 1e-6)
@@ -204,6 +210,7 @@ class DVFSRHybrid(GeometricMedian):
     def __init__(
         self,
         mean_weight: float = 0.3,
+        mean_weighting: str = "uniform",
         max_iter: int = 4,
         tol: float = 1e-6,
         nu: float = 1e-5,
@@ -213,12 +220,22 @@ class DVFSRHybrid(GeometricMedian):
             raise ConfigError(
                 f"defense.dvfsr_hybrid.mean_weight={mean_weight!r}: expected 0 <= x <= 1"
             )
+        if mean_weighting not in ("uniform", "examples"):
+            raise ConfigError(
+                f"defense.dvfsr_hybrid.mean_weighting={mean_weighting!r}: expected 'uniform' or "
+                "'examples'"
+            )
         super().__init__(nu=nu, max_iter=max_iter, tol=tol, flag_distance=flag_distance)
         self.mean_weight = float(mean_weight)
+        self.mean_weighting = mean_weighting
 
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
     ) -> tuple[dict[str, Tensor], AggregationInfo]:
         coef, kept, extra = self._median(stacked, weights)
-        blend = self.mean_weight * (weights / weights.sum()) + (1.0 - self.mean_weight) * coef
+        if self.mean_weighting == "examples":
+            mean_coef = weights / weights.sum()
+        else:
+            mean_coef = torch.full_like(coef, 1.0 / coef.numel())
+        blend = self.mean_weight * mean_coef.to(coef.dtype) + (1.0 - self.mean_weight) * coef
         return combine(stacked, blend), AggregationInfo(kept, blend, extra)

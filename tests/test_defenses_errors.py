@@ -72,6 +72,8 @@ def test_krum_boundary_is_exact():
         ("geometric_median", {"flag_distance": 0.5}, r"flag_distance=0\.5"),
         ("dvfsr_hybrid", {"mean_weight": 1.5},
          r"dvfsr_hybrid\.mean_weight=1\.5: expected 0 <= x <= 1"),
+        ("dvfsr_hybrid", {"mean_weighting": "median"},
+         r"dvfsr_hybrid\.mean_weighting='median': expected 'uniform' or 'examples'"),
         ("flame", {"noise_factor": -0.1}, r"flame\.noise_factor=-0\.1"),
         ("foolsgold", {"kappa": 0.0}, r"foolsgold\.kappa=0\.0"),
         ("foolsgold", {"sketch_dim": 0}, r"foolsgold\.sketch_dim=0"),

@@ -207,16 +207,22 @@ def test_dvfsr_hybrid_is_blend_of_mean_and_geometric_median():
     stacked = {"a": torch.randn(9, 4, 3, generator=gen), "b": torch.randn(9, 5, generator=gen)}
     stacked["a"][0] += 50.0
     w = torch.randint(1, 30, (9,), generator=gen).float()
-    hyb, info = build_defense("dvfsr_hybrid", {})(stacked, w)
-    mean, _ = build_defense("mean", {})(stacked, w)
     gm, gm_info = build_defense("geometric_median", {"max_iter": 4, "tol": 1e-6, "nu": 1e-5})(
         stacked, w
     )
-    for k in stacked:
-        torch.testing.assert_close(hyb[k], 0.3 * mean[k] + 0.7 * gm[k], atol=1e-5, rtol=1e-5)
-    assert info.extra["iterations"] <= 4
-    assert info.extra == gm_info.extra
-    torch.testing.assert_close(info.weights, 0.3 * w.double() / w.sum() + 0.7 * gm_info.weights)
+    # default: the plain mean of the updates, as the authors' mixagg; weighted mean on request
+    for weighting, mean_rule, mean_coef in (
+        ("uniform", "unweighted_mean", torch.full((9,), 1 / 9, dtype=torch.float64)),
+        ("examples", "mean", w.double() / w.sum()),
+    ):
+        params = {} if weighting == "uniform" else {"mean_weighting": weighting}
+        hyb, info = build_defense("dvfsr_hybrid", params)(stacked, w)
+        mean, _ = build_defense(mean_rule, {})(stacked, w)
+        for k in stacked:
+            torch.testing.assert_close(hyb[k], 0.3 * mean[k] + 0.7 * gm[k], atol=1e-5, rtol=1e-5)
+        assert info.extra["iterations"] <= 4
+        assert info.extra == gm_info.extra
+        torch.testing.assert_close(info.weights, 0.3 * mean_coef + 0.7 * gm_info.weights)
 
 
 def test_geometric_median_weights_and_flags():
