@@ -22,7 +22,7 @@ big is the malicious push compared with the benign sum".
 Each run writes a normal run directory under ``--out``; finished runs are reused unless
 ``--overwrite``. Usage::
 
-    FEDREC_DATA=/work/shared/data python benchmarks/attacks.py --out runs/bench_attacks
+    FEDREC_DATA=../shared/data python benchmarks/attacks.py --out runs/bench_attacks
     python benchmarks/attacks.py --attacks none,dvfsr --set federation.epochs=1 --diagnose
 """
 
