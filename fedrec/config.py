@@ -159,6 +159,7 @@ class FederationConfig(Section):
     eval_unit: Literal["epoch", "round"] = "epoch"
     client_eval: bool = False
     client_eval_fraction: float = Field(1.0, gt=0, le=1)
+    max_update_norm: float | None = Field(None, gt=0)  # server guard on each update's L2 norm
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
