@@ -32,9 +32,12 @@ def _root() -> None:
 
 
 def fail(exc: BaseException) -> None:
-    """Print a one-line error and exit with status 2."""
+    """Print a one-line error and exit: status 1 for a run that failed (its results would not
+    be true), 2 for bad input."""
+    from fedrec.errors import RunFailedError
+
     typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(1 if isinstance(exc, RunFailedError) else 2)
 
 
 def format_metrics(metrics: dict[str, float],

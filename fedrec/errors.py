@@ -26,3 +26,15 @@ class DatasetNotFoundError(FedRecError, LookupError):
 
 class ChecksumError(FedRecError):
     """A downloaded or local file does not match its registered checksum."""
+
+
+class RunFailedError(FedRecError):
+    """A run could not produce trustworthy results (the CLI exits with status 1, not 2).
+
+    The message names the step; what was computed before it (metrics log, checkpoint) is kept
+    and the run directory is marked failed (``error.txt``).
+    """
+
+
+class NonFiniteError(RunFailedError):
+    """The model's parameters or scores became non-finite (NaN or infinite)."""

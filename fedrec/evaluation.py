@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fedrec.data.batching import pad_left, to_tensor
+from fedrec.errors import NonFiniteError
 from fedrec.metrics import (
     exposure,
     full_ranks,
@@ -136,6 +137,7 @@ def evaluate(
         seqs = to_tensor(pad_left(hist, max_len))
         scores = (scorer(seqs, rows) if getattr(scorer, "needs_rows", False) else scorer(seqs))
         scores = scores.to(torch.float32)
+        check_scores(scores)
         hmask = history_mask([torch.as_tensor(h) for h in hist], v)
         b = len(hist)
         eligible = torch.ones(b, dtype=torch.bool)
@@ -172,6 +174,22 @@ def evaluate(
         denom = n_eligible if "/ER@" in name else n_users
         out[name] = total / max(denom, 1)
     return dict(sorted(out.items()))
+
+
+def check_scores(scores: torch.Tensor) -> None:
+    """Refuse scores that are not a ranking: NaN or ``+inf`` on an item, or a user whose items
+    are all ``-inf``. Column 0 (padding) is ignored.
+
+    Raises
+    ------
+    NonFiniteError
+        Naming how many users' scores are broken.
+    """
+    items = scores[:, 1:]
+    bad = (torch.isnan(items) | torch.isposinf(items)).any(1) | torch.isneginf(items).all(1)
+    if bool(bad.any()):
+        raise NonFiniteError(f"the model's scores are not finite (NaN/inf) for {int(bad.sum())} "
+                             f"of {scores.shape[0]} users in an evaluation batch")
 
 
 def _accumulate(prefix: str, ranks: torch.Tensor, ks: Sequence[int], add: Callable) -> None:

@@ -54,6 +54,30 @@ def history_mask(histories: list[torch.Tensor] | torch.Tensor, n_cols: int) -> t
     return mask
 
 
+def count_above(candidates: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Rank of each ``own[b, t]`` among ``candidates[b]``: how many score strictly higher.
+
+    An item whose own score is NaN or ``-inf`` gets the worst rank (the number of candidate
+    columns), so a broken score can never rank an item first (``NaN > x`` is False for every
+    ``x``, which would otherwise give rank 0).
+
+    Parameters
+    ----------
+    candidates : Tensor [B, C]
+        Candidate scores (excluded candidates already at ``-inf``).
+    own : Tensor [B, T]
+        Scores of the ranked items.
+
+    Returns
+    -------
+    Tensor [B, T]
+        Integer ranks (0 = top).
+    """
+    ranks = (candidates.unsqueeze(1) > own.unsqueeze(2)).sum(-1)
+    broken = torch.isnan(own) | torch.isneginf(own)
+    return torch.where(broken, torch.full_like(ranks, candidates.shape[1]), ranks)
+
+
 def full_ranks(scores: torch.Tensor, items: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Rank of ``items[b]`` among all columns of ``scores[b]``.
 
@@ -79,7 +103,7 @@ def full_ranks(scores: torch.Tensor, items: torch.Tensor, exclude: torch.Tensor 
     if exclude is not None:
         s = s.masked_fill(exclude, NEG_INF)
     own = scores.gather(1, items)
-    ranks = (s.unsqueeze(1) > own.unsqueeze(2)).sum(-1)
+    ranks = count_above(s, own)
     return ranks[:, 0] if squeeze else ranks
 
 
@@ -134,7 +158,7 @@ def sampled_ranks(scores: torch.Tensor, items: torch.Tensor, negatives: torch.Te
     cand = torch.cat([items, negatives], dim=1)
     cs = scores.gather(1, cand)
     own = cs[:, : items.shape[1]]
-    ranks = (cs.unsqueeze(1) > own.unsqueeze(2)).sum(-1)
+    ranks = count_above(cs, own)
     return ranks[:, 0] if squeeze else ranks
 
 

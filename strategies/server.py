@@ -1,10 +1,13 @@
 """The server side of a round, shared by the local engine and the Flower strategy.
 
-``stacked client updates → validation → defense → server optimizer → new global parameters``.
-Both engines call :class:`ServerAggregator`, so a defense or server optimizer behaves the same
-whichever engine produced the updates. The local engine may also hand over a *pre-combined*
-benign update ``Σ c_i u_i`` for a linear rule (its fast path); :meth:`ServerAggregator.round`
-accepts both.
+``stacked client updates → validation → defense → checks → server optimizer → checks → new
+global parameters``. Both engines call :class:`ServerAggregator`, so a defense or server
+optimizer behaves the same whichever engine produced the updates.
+
+Validation drops an update that holds a non-finite value or, with ``max_update_norm``, whose
+L2 norm (over all parameters) exceeds the bound. After the defense, a round whose aggregate or
+new global parameters are not finite is *refused*: logged, the global model and the server
+optimizer's state stay as they were, and the report says so (``RoundReport.refused``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from defenses.base import AggregationContext, Defense
 from strategies.optimizer import ServerOptimizer
-from strategies.validation import finite_rows, log_rejections
+from strategies.validation import finite_rows, log_rejections, nonfinite_keys, update_norms
 
 log = logging.getLogger("fedrec")
 
@@ -42,12 +45,16 @@ class RoundReport:
         Clients whose update failed validation.
     extra : dict
         Scalars from the defense (iterations, clip fraction, ...).
+    refused : str or None
+        Why the server refused the round's result (non-finite aggregate or parameters); the
+        global model was left unchanged.
     """
 
     client_ids: np.ndarray
     kept: np.ndarray
     dropped: list[int] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
+    refused: str | None = None
 
 
 def detection_metrics(report: RoundReport, malicious: set[int]) -> dict[str, float]:
@@ -70,11 +77,6 @@ def detection_metrics(report: RoundReport, malicious: set[int]) -> dict[str, flo
     }
 
 
-class NeedsStackedPath(ValueError):
-    """The linear fast path met a non-finite update; recompute the round client by client so
-    the offending updates can be identified and dropped."""
-
-
 class ServerAggregator:
     """Validation + defense + server optimizer.
 
@@ -93,17 +95,22 @@ class ServerAggregator:
     root_update_fn : callable, optional
         ``(params, round_idx) -> update`` computed by the server on its own clean root data
         (FLTrust).
+    max_update_norm : float, optional
+        Drop (with a log line) any update whose L2 norm over all parameters exceeds this
+        (``federation.max_update_norm``; None: no bound).
     """
 
     def __init__(self, defense: Defense, optimizer: ServerOptimizer, protocol: str,
                  item_param_names: tuple[str, ...] = (), seed: int = 0,
-                 root_update_fn: Callable[[Params, int], Params] | None = None) -> None:
+                 root_update_fn: Callable[[Params, int], Params] | None = None,
+                 max_update_norm: float | None = None) -> None:
         self.defense = defense
         self.optimizer = optimizer
         self.protocol = protocol
         self.item_param_names = item_param_names
         self.seed = seed
         self.root_update_fn = root_update_fn
+        self.max_update_norm = max_update_norm
 
     # ------------------------------------------------------------------ aggregation
     def aggregate(self, params: Mapping[str, torch.Tensor], stacked: Mapping[str, torch.Tensor],
@@ -116,9 +123,16 @@ class ServerAggregator:
         """
         ids = np.asarray(client_ids, dtype=np.int64)
         ok = finite_rows(stacked).numpy()
+        reasons = {int(c): "non-finite values" for c in ids[~ok]}
+        if self.max_update_norm is not None:
+            norms = update_norms(stacked).numpy()
+            too_big = ok & (norms > self.max_update_norm)
+            reasons.update({int(c): f"L2 norm {n:.4g} > federation.max_update_norm="
+                            f"{self.max_update_norm:g}" for c, n in zip(ids[too_big], norms[too_big])})
+            ok = ok & ~too_big
         dropped = [int(c) for c in ids[~ok]]
         if dropped:
-            log_rejections(round_idx, dropped, ["non-finite values"] * len(dropped))
+            log_rejections(round_idx, dropped, [reasons[c] for c in dropped])
         kept = ok.copy()
         if not ok.any():
             return None, RoundReport(ids, kept, dropped)
@@ -144,49 +158,62 @@ class ServerAggregator:
             pseudo = {n: -v for n, v in aggregated.items()}
         return self.optimizer.step(params, pseudo, epoch)
 
-    def round(self, params: Mapping[str, torch.Tensor], stacked: Mapping[str, torch.Tensor] | None,
-              weights: torch.Tensor, client_ids: Sequence[int], round_idx: int, epoch: int,
-              combined: tuple[Params, Sequence[int]] | None = None) -> tuple[Params, RoundReport]:
-        """One server round: aggregate and apply.
+    def round(self, params: Mapping[str, torch.Tensor], stacked: Mapping[str, torch.Tensor],
+              weights: torch.Tensor, client_ids: Sequence[int], round_idx: int, epoch: int
+              ) -> tuple[Params, RoundReport]:
+        """One server round: validate, aggregate, check and apply.
 
         Parameters
         ----------
         params : mapping
             Current global parameters.
-        stacked : mapping or None
-            Per-client updates ``[n, ...]`` aligned with ``client_ids`` (may be None when
-            everything is in ``combined``).
+        stacked : mapping
+            Per-client updates ``[n, ...]`` aligned with ``client_ids``.
         weights : Tensor
-            Example counts of the clients in ``stacked``; with ``combined``, of all clients
-            (combined ones first).
+            Example counts of the clients in ``stacked``.
         client_ids : sequence of int
             Ids of the clients in ``stacked``.
         round_idx, epoch : int
             Round counters (for logs, noise and the learning-rate schedule).
-        combined : (dict, ids), optional
-            Linear-rule fast path: ``Σ_i c_i u_i`` already summed over the clients ``ids``,
-            with ``c`` = ``defense.coefficients`` of all weights. If anything is not finite,
-            :class:`NeedsStackedPath` is raised and the caller recomputes the round stacked.
+
+        Returns
+        -------
+        (dict, RoundReport)
+            The new global parameters (``params`` unchanged when no update is left or the round
+            is refused) and what happened to each update.
         """
-        if combined is None:
-            agg, report = self.aggregate(params, stacked or {}, weights, client_ids, round_idx)
-            if agg is None:
-                log.warning("round %d: no valid update; global model unchanged", round_idx)
-                return dict(params), report
-            return self.apply(params, agg, epoch), report
-        part, combined_ids = combined
-        finite = all(bool(torch.isfinite(v).all()) for v in part.values())
-        if not finite or (stacked and not bool(finite_rows(stacked).all())):
-            raise NeedsStackedPath("an update in the fast path is not finite")
-        all_ids = np.asarray(list(combined_ids) + list(client_ids), dtype=np.int64)
-        coef = self.defense.coefficients(weights.to(torch.float64))
-        total = {n: v.clone() for n, v in part.items()}
-        k = len(combined_ids)
-        for j in range(len(client_ids)):
-            for n in total:
-                total[n] = total[n] + coef[k + j].to(total[n].dtype) * stacked[n][j]
-        report = RoundReport(all_ids, np.ones(len(all_ids), dtype=bool))
-        return self.apply(params, total, epoch), report
+        agg, report = self.aggregate(params, stacked, weights, client_ids, round_idx)
+        if agg is None:
+            log.warning("round %d: no valid update; global model unchanged", round_idx)
+            return dict(params), report
+        return self.conclude(params, agg, report, round_idx, epoch)
+
+    def conclude(self, params: Mapping[str, torch.Tensor], aggregated: Mapping[str, torch.Tensor],
+                 report: RoundReport, round_idx: int, epoch: int) -> tuple[Params, RoundReport]:
+        """Check the aggregate, apply it, check the result.
+
+        A non-finite aggregate, or new parameters that are not finite, refuse the round: a log
+        line, ``report.refused`` set, and ``params`` returned unchanged (the server optimizer's
+        state is rolled back too).
+        """
+        bad = nonfinite_keys(aggregated)
+        if bad:
+            return self._refuse(params, report, round_idx, f"the aggregate is not finite ({bad})")
+        saved = self.optimizer.state_dict()
+        new = self.apply(params, aggregated, epoch)
+        bad = nonfinite_keys(new)
+        if bad:
+            self.optimizer.load_state_dict(saved)
+            return self._refuse(params, report, round_idx,
+                                f"the new global parameters are not finite ({bad})")
+        return new, report
+
+    @staticmethod
+    def _refuse(params: Mapping[str, torch.Tensor], report: RoundReport, round_idx: int,
+                why: str) -> tuple[Params, RoundReport]:
+        log.warning("round %d: refused: %s; global model unchanged", round_idx, why)
+        report.refused = why
+        return dict(params), report
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

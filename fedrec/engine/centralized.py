@@ -51,6 +51,10 @@ class EpochTrainer(Trainer):
         """Load model parameters."""
         self.ctx.model.load_state_dict(state)
 
+    def parameters_to_check(self) -> dict[str, Any]:
+        """The live model state (no copy)."""
+        return dict(self.ctx.model.state_dict())
+
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizer, LR schedule (if any) and torch RNG (dropout) state."""
         state = {"model": self.model_state(), "optimizer": self.optimizer.state_dict()}

@@ -36,7 +36,8 @@ from fedrec.engine.schedule import RoundSchedule
 from fedrec.models.base import load_params
 from fedrec.errors import ConfigError
 from strategies.optimizer import ServerOptimizer
-from strategies.server import NeedsStackedPath, RoundReport, ServerAggregator, detection_metrics
+from strategies.server import RoundReport, ServerAggregator, detection_metrics
+from strategies.validation import finite_rows, nonfinite_keys
 
 Params = dict[str, torch.Tensor]
 
@@ -57,7 +58,8 @@ def build_aggregator(cfg: ExperimentConfig, item_param_names: tuple[str, ...],
         if fed is None:
             raise ConfigError(f"defense.name={cfg.defense.name!r} needs the server's root data")
         root_fn = fed.root_update_fn(cfg.defense.root_users)
-    return ServerAggregator(defense, opt, fc.protocol, item_param_names, cfg.seed, root_fn)
+    return ServerAggregator(defense, opt, fc.protocol, item_param_names, cfg.seed, root_fn,
+                            max_update_norm=fc.max_update_norm)
 
 
 @dataclass
@@ -150,7 +152,9 @@ class FederatedTrainer(Trainer):
         self.params: Params = {n: p.detach().clone() for n, p in self.ctx.model.named_parameters()}
         self.malicious = {int(c) for c in fed.threat.malicious_ids}
         self.last_eval: dict[str, float] = {}
-        self.use_fast_path = aggregator.defense.linear and self.ctx.cfg.federation.protocol == "fedsgd"
+        # per-client norms are needed for the norm guard, so it turns the fast path off
+        self.use_fast_path = (aggregator.defense.linear and self.ctx.cfg.federation.protocol == "fedsgd"
+                              and aggregator.max_update_norm is None)
 
     @property
     def n_steps(self) -> int:
@@ -173,6 +177,30 @@ class FederatedTrainer(Trainer):
         stacked = {n: torch.stack([u.params[n] for u in ups]) for n in self.params}
         return stacked, [u.num_examples for u in ups]
 
+    def _linear_fedsgd_round(self, step: int, rc: RoundConfig, benign: np.ndarray,
+                             seqs: list[np.ndarray], weights_b: list[int], mal: np.ndarray,
+                             mal_stacked: Params | None, mal_counts: list[int]
+                             ) -> tuple[tuple[Params, RoundReport] | None, torch.Tensor]:
+        """The fast path of a linear rule under FedSGD: ``Σ_i c_i g_i`` over the benign clients
+        from one forward/backward, plus the malicious updates' share.
+
+        Returns ``(None, losses)`` when any update is not finite: the caller then computes the
+        round client by client so the server can identify and drop the offending updates.
+        """
+        weights = torch.tensor(weights_b + mal_counts, dtype=torch.float64)
+        coef = self.aggregator.defense.coefficients(weights)
+        total, losses = combined_fedsgd_gradient(self.ctx.model, self.params, seqs, benign,
+                                                 coef[: len(benign)], rc)
+        if nonfinite_keys(total) or (mal_stacked is not None and not bool(finite_rows(mal_stacked).all())):
+            return None, losses
+        k = len(benign)
+        for j in range(len(mal)):
+            for n in total:
+                total[n] = total[n] + coef[k + j].to(total[n].dtype) * mal_stacked[n][j]
+        all_ids = np.concatenate([benign, mal]).astype(np.int64)
+        report = RoundReport(all_ids, np.ones(len(all_ids), dtype=bool))
+        return self.aggregator.conclude(self.params, total, report, step, rc.epoch), losses
+
     def train_step(self, step: int) -> dict[str, float]:
         """Run round ``step``."""
         fed, ctx = self.fed, self.ctx
@@ -183,19 +211,11 @@ class FederatedTrainer(Trainer):
         seqs = [fed.client_sequence(int(c)) for c in benign]
         mal_stacked, mal_counts = self._malicious_updates(mal, rc)
         weights_b = [num_examples(s) for s in seqs]
-        losses = None
-        report: RoundReport | None = None
+        new_report = None
         if self.use_fast_path and len(benign):
-            weights = torch.tensor(weights_b + mal_counts, dtype=torch.float64)
-            coef = self.aggregator.defense.coefficients(weights)
-            combined, losses = combined_fedsgd_gradient(ctx.model, self.params, seqs, benign,
-                                                        coef[: len(benign)], rc)
-            try:
-                new, report = self.aggregator.round(self.params, mal_stacked, weights, list(mal),
-                                                    step, rc.epoch, combined=(combined, list(benign)))
-            except NeedsStackedPath:
-                report = None
-        if report is None:
+            new_report, losses = self._linear_fedsgd_round(step, rc, benign, seqs, weights_b,
+                                                           mal, mal_stacked, mal_counts)
+        if new_report is None:
             stacked, losses = batched_updates(ctx.model, self.params, seqs, benign, rc, self.chunk_size)
             counts = np.zeros(len(ids))
             pos_b, pos_m = np.searchsorted(ids, benign), np.searchsorted(ids, mal)
@@ -206,12 +226,14 @@ class FederatedTrainer(Trainer):
                     full[n].index_copy_(0, torch.from_numpy(pos_b), stacked[n])
                     full[n].index_copy_(0, torch.from_numpy(pos_m), mal_stacked[n])
                 stacked = full
-            new, report = self.aggregator.round(self.params, stacked, torch.tensor(counts, dtype=torch.float64),
-                                                ids, step, rc.epoch)
+            new_report = self.aggregator.round(self.params, stacked,
+                                               torch.tensor(counts, dtype=torch.float64), ids, step, rc.epoch)
+        new, report = new_report
         self.params = new
         out = {"loss": float(losses.mean()) if losses is not None and len(losses) else math.nan,
                "lr": self.aggregator.optimizer.current_lr(rc.epoch),
-               "clients": float(len(ids)), "dropped": float(len(report.dropped))}
+               "clients": float(len(ids)), "dropped": float(len(report.dropped)),
+               "refused": float(report.refused is not None)}
         out.update({f"defense/{k}": v for k, v in report.extra.items()})
         out.update({f"defense/{k}": v for k, v in detection_metrics(report, self.malicious).items()})
         return out
@@ -252,6 +274,10 @@ class FederatedTrainer(Trainer):
     def load_model_state(self, state: dict[str, Any]) -> None:
         """Set the global parameters."""
         self.params = {n: v.clone() for n, v in state.items()}
+
+    def parameters_to_check(self) -> dict[str, Any]:
+        """The global parameters (no copy)."""
+        return self.params
 
     def state_dict(self) -> dict[str, Any]:
         """Global parameters, server state, torch RNG and the last evaluation."""

@@ -5,6 +5,15 @@ A *trainer* (centralized: one step = one epoch over all users; federated: one st
 server round) implements :class:`Trainer`; :func:`run_loop` drives it. Resuming restores the
 trainer state from the last checkpoint, cuts the metrics log back to that step, and continues,
 so an interrupted run ends with exactly the metrics of an uninterrupted one.
+
+A number the loop logs is true or absent: after every step the model's parameters are checked,
+and every evaluation refuses non-finite scores (:func:`fedrec.evaluation.check_scores`). A
+model that became non-finite stops the run with a :class:`~fedrec.errors.NonFiniteError`
+naming the step; the metrics log and checkpoint of the steps before it are kept.
+
+Progress: a tqdm bar when ``progress`` is set (a terminal), and one line per step on the
+``fedrec.progress`` logger (shown on the console when there is no bar, always written to the
+run's ``run.log`` by :mod:`fedrec.runner`).
 """
 
 from __future__ import annotations
@@ -15,11 +24,14 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
+from fedrec.errors import ConfigError, NonFiniteError
 from fedrec.results import RunDir
 
 log = logging.getLogger("fedrec")
+progress_log = logging.getLogger("fedrec.progress")
 
 
 class Trainer(ABC):
@@ -63,6 +75,39 @@ class Trainer(ABC):
 
     def load_model_state(self, state: dict[str, Any]) -> None:
         """Restore model parameters from :meth:`model_state`."""
+
+    def parameters_to_check(self) -> dict[str, Any]:
+        """The tensors checked for NaN/inf after every step (default: :meth:`model_state`)."""
+        return self.model_state()
+
+
+def nonfinite_names(tensors: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` holding NaN or an infinity."""
+    return [n for n, v in tensors.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _evaluate_checked(trainer: Trainer, split: str, when: str) -> dict[str, float]:
+    """``trainer.evaluate(split)``, with ``when`` (e.g. "round 3") added to a non-finite error."""
+    try:
+        return trainer.evaluate(split)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{when}: {exc}; the run stopped and is marked failed (metrics and "
+                             "checkpoint of the steps before are kept)") from None
+
+
+def _progress_line(trainer: Trainer, step: int, record: dict[str, Any]) -> str:
+    """One human line for step ``step``: counters, train loss, headline metrics."""
+    parts = [f"{trainer.unit} {step + 1}/{trainer.n_steps}"]
+    if "epoch" in record and trainer.unit != "epoch":
+        parts.append(f"epoch {record['epoch']}")
+    loss = record.get("train/loss")
+    if isinstance(loss, float):
+        parts.append(f"loss={loss:.4f}")
+    parts += [f"{k}={v:.4f}" for k, v in record.items()
+              if k.endswith("@10") and isinstance(v, float) and "/" in k and "client/" not in k][:4]
+    parts.append(f"{record['seconds']:.1f}s")
+    return "  ".join(parts)
 
 
 def peak_rss_mb() -> float:
@@ -127,17 +172,24 @@ def run_loop(
         while step < trainer.n_steps and not state["stopped_early"]:
             t0 = time.perf_counter()
             train_metrics = trainer.train_step(step)
+            broken = nonfinite_names(trainer.parameters_to_check())
+            if broken:
+                shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+                raise NonFiniteError(
+                    f"{trainer.unit} {step}: the model's parameters became non-finite ({shown}); "
+                    "the run stopped and is marked failed (metrics and checkpoint of the steps "
+                    "before are kept)")
             state["train_seconds"] += time.perf_counter() - t0
             record: dict[str, Any] = {"step": step, **trainer.step_info(step),
                                       "seconds": time.perf_counter() - t0}
             record.update({f"train/{k}": v for k, v in train_metrics.items()})
             evaluated = trainer.is_eval_step(step) or step == trainer.n_steps - 1
             if evaluated:
-                metrics = trainer.evaluate(eval_split)
+                metrics = _evaluate_checked(trainer, eval_split, f"{trainer.unit} {step}")
                 record.update({f"{eval_split}/{k}": v for k, v in metrics.items()})
                 if early_stop_metric is not None:
                     if early_stop_metric not in metrics:
-                        raise KeyError(
+                        raise ConfigError(
                             f"train.metric={early_stop_metric!r}: not among evaluated metrics "
                             f"({', '.join(sorted(metrics))})"
                         )
@@ -155,6 +207,7 @@ def run_loop(
                 log.info("%s %d: %s", trainer.unit, step,
                          " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
             run.log(record)
+            progress_log.info("%s", _progress_line(trainer, step, record))
             state["next_step"] = step + 1
             if evaluated or (step + 1) % checkpoint_every == 0 or step + 1 == trainer.n_steps:
                 checkpoint()
@@ -176,6 +229,6 @@ def run_loop(
         if state["best_model"] is not None:
             trainer.load_model_state(state["best_model"])
     if final_test:
-        summary["test"] = trainer.evaluate("test")
+        summary["test"] = _evaluate_checked(trainer, "test", "final test evaluation")
     summary["peak_rss_mb"] = peak_rss_mb()
     return summary
