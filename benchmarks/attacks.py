@@ -78,8 +78,9 @@ def attack_raw(base: dict, label: str) -> dict:
 
 
 def _load_final_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    return state["trainer"]["params"]
+    from fedrec.results import load_checkpoint_file
+
+    return load_checkpoint_file(run_dir / "checkpoint.pt")["trainer"]["params"]
 
 
 def _norm(t: dict[str, torch.Tensor]) -> float:

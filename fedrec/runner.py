@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from fedrec.config import ExperimentConfig, dump_config
-from fedrec.errors import ConfigError
-from fedrec.results import RunDir
+from fedrec.logs import log_to_file
+from fedrec.results import RunDir, open_run_dir
 
 log = logging.getLogger("fedrec")
 
@@ -103,7 +102,8 @@ def run_experiment(
     run_dir : str or Path, optional
         Output folder (default ``<output_dir>/<name>``).
     resume : bool
-        Continue an interrupted run from its checkpoint; a finished run is returned as is.
+        Continue an interrupted run from its checkpoint; a finished run is returned as is, or
+        continued when the config raises its number of epochs/rounds.
     overwrite : bool
         Delete an existing run directory first.
     progress : bool
@@ -112,19 +112,22 @@ def run_experiment(
     Raises
     ------
     ConfigError
-        The run directory already holds a run and neither ``resume`` nor ``overwrite`` is set.
+        The run directory already holds a run and neither ``resume`` nor ``overwrite`` is set,
+        or ``resume`` meets a config that may not continue the stored run
+        (:func:`fedrec.results.open_run_dir`).
     """
     path = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    if path.exists() and overwrite:
-        shutil.rmtree(path)
-    run = RunDir(path)
-    if resume and run.is_finished():
-        log.info("run %s already finished", path)
-        return run.read_summary() or {}
-    if not resume and run.has_content():
-        raise ConfigError(f"{path}: run directory already holds a run; pass --resume to continue "
-                          "it or --overwrite to start over")
-    run.write_config(dump_config(cfg))
+    run, finished = open_run_dir(path, cfg.model_dump(mode="json"), dump_config(cfg),
+                                 resume=resume, overwrite=overwrite)
+    if finished is not None:
+        return finished
+    with log_to_file(run.path / "run.log"):
+        return _run_in(cfg, run, resume=resume, progress=progress)
+
+
+def _run_in(cfg: ExperimentConfig, run: RunDir, *, resume: bool, progress: bool) -> dict[str, Any]:
+    """Run ``cfg`` in the opened ``run``; an error is written to ``error.txt`` and re-raised."""
+    path = run.path
     try:
         if cfg.mode == "multitask":
             return run_multitask(cfg, run)

@@ -224,6 +224,6 @@ def test_dvfsr_local_and_flower_engines_agree(tmp_path):
         raw = _tiny_raw("dvfsr", engine)
         raw["attack"]["params"] = {"repeats": 2}
         run_experiment(load_config(base=raw), tmp_path / engine, progress=False)
-        out[engine] = torch.load(tmp_path / engine / "checkpoint.pt", weights_only=False)["trainer"]["params"]
+        out[engine] = torch.load(tmp_path / engine / "checkpoint.pt", weights_only=True)["trainer"]["params"]
     diff = max((out["local"][k] - out["flower"][k]).abs().max().item() for k in out["local"])
     assert diff <= 1e-5

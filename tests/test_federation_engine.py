@@ -70,8 +70,8 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path, monkeypatch, prot
     resumed = run_experiment(cfg, tmp_path / "cut", resume=True, progress=False)
     assert resumed["test"] == full["test"]
     assert _records(tmp_path / "cut") == _records(tmp_path / "full")
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["trainer"]["params"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["trainer"]["params"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["trainer"]["params"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["trainer"]["params"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

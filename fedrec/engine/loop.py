@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedrec.errors import ConfigError, NonFiniteError
+from fedrec.logs import BAR
 from fedrec.results import RunDir
 
 log = logging.getLogger("fedrec")
@@ -161,8 +162,12 @@ def run_loop(
             state.update(ckpt["loop"])
             run.truncate_metrics(state["next_step"] - 1)
             log.info("resumed from %s at %s %d", run.checkpoint_path, trainer.unit, state["next_step"])
+    if state["stopped_early"] and state["next_step"] < trainer.n_steps:
+        log.warning("the run had stopped early (best %s: %d); more %ss do not continue it",
+                    trainer.unit, state["best_step"], trainer.unit)
     bar = tqdm(total=trainer.n_steps, initial=state["next_step"], unit=trainer.unit,
                disable=not progress, dynamic_ncols=True, leave=False)
+    BAR.active = progress
 
     def checkpoint() -> None:
         run.save_checkpoint({"trainer": trainer.state_dict(), "loop": dict(state)})
@@ -215,6 +220,7 @@ def run_loop(
             step += 1
     finally:
         bar.close()
+        BAR.active = False
 
     summary: dict[str, Any] = {
         "steps_run": state["next_step"],
