@@ -19,8 +19,8 @@ from fedrec.errors import NonFiniteError
 from fedrec.metrics import (
     exposure,
     full_ranks,
-    hit_rate,
     history_mask,
+    hit_rate,
     ndcg,
     reciprocal_rank,
     sample_negatives,

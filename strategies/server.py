@@ -128,7 +128,8 @@ class ServerAggregator:
             norms = update_norms(stacked).numpy()
             too_big = ok & (norms > self.max_update_norm)
             reasons.update({int(c): f"L2 norm {n:.4g} > federation.max_update_norm="
-                            f"{self.max_update_norm:g}" for c, n in zip(ids[too_big], norms[too_big])})
+                            f"{self.max_update_norm:g}"
+                            for c, n in zip(ids[too_big], norms[too_big], strict=True)})
             ok = ok & ~too_big
         dropped = [int(c) for c in ids[~ok]]
         if dropped:

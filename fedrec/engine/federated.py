@@ -33,8 +33,8 @@ from fedrec.config import ExperimentConfig
 from fedrec.engine.context import RunContext
 from fedrec.engine.loop import Trainer
 from fedrec.engine.schedule import RoundSchedule
-from fedrec.models.base import load_params
 from fedrec.errors import ConfigError
+from fedrec.models.base import load_params
 from strategies.optimizer import ServerOptimizer
 from strategies.server import RoundReport, ServerAggregator, detection_metrics
 from strategies.validation import finite_rows, nonfinite_keys
