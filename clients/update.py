@@ -13,13 +13,19 @@ Both forms draw every random choice (negatives, cloze masks) from the client's o
 ``stream_key(seed, round, client_id, local_epoch)``, so a client's update is the same whether
 computed alone (:func:`client_update`, used by the Flower ClientApp) or inside a batch
 (:func:`batched_updates` / :func:`combined_fedsgd_gradient`, used by the local engine).
-With dropout, the batched form draws one dropout mask per client from torch's generator, so
-only runs on the same engine repeat exactly.
+
+Dropout masks come from torch's generator. The batched forms draw one mask per client from the
+engine's (seeded, checkpointed) global stream, so the local engine repeats exactly. A single
+client computed on its own (the Flower ClientApp, on whichever Ray worker gets it) runs inside
+:func:`client_torch_rng`, which seeds torch from ``(seed, round, client_id)``, so its update
+does not depend on what that worker computed before. The two engines therefore agree exactly
+without dropout; with dropout each repeats itself but draws different masks from the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +89,49 @@ def client_keys(rc: RoundConfig, client_ids: np.ndarray | Sequence[int], local_e
     return stream_key(rc.seed, rc.round, np.asarray(client_ids, dtype=np.int64), local_epoch)
 
 
+#: Tag mixed into the torch seed of a single benign client's computation (its dropout masks);
+#: attackers use their own tag (:data:`attacks.base.TORCH_STREAM_TAG`).
+TORCH_STREAM_TAG = 0xC11E7
+
+
+def client_torch_seed(rc: RoundConfig, client_id: int) -> int:
+    """Torch seed of benign client ``client_id``'s computation in round ``rc.round``.
+
+    Parameters
+    ----------
+    rc : RoundConfig
+        Round settings (``seed`` and ``round`` are used).
+    client_id : int
+        The client's id.
+
+    Returns
+    -------
+    int
+        A 64-bit seed, a function of ``(rc.seed, rc.round, client_id)`` only.
+    """
+    return int(stream_key(int(rc.seed), int(rc.round), int(client_id), TORCH_STREAM_TAG))
+
+
+@contextmanager
+def client_torch_rng(rc: RoundConfig, client_id: int) -> Iterator[None]:
+    """Run a single client's computation with torch seeded by :func:`client_torch_seed`.
+
+    The caller's torch CPU generator state is restored on exit
+    (:func:`torch.random.fork_rng`), so what a process computed before or after does not
+    change the client's dropout masks, and the client does not change the process's stream.
+
+    Parameters
+    ----------
+    rc : RoundConfig
+        Round settings.
+    client_id : int
+        The client's id.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(client_torch_seed(rc, client_id))
+        yield
+
+
 def trainable(model: SequentialRecommender) -> list[str]:
     """Names of the model's parameters (the update layout)."""
     return [n for n, _ in model.named_parameters()]
@@ -99,6 +148,10 @@ def client_update(
     rc: RoundConfig,
 ) -> Update:
     """Update of one client (plain autograd on a model holding the global parameters).
+
+    Negatives and masks come from the client's stream keys; dropout uses torch's current
+    generator (wrap the call in :func:`client_torch_rng` to make it a function of the client
+    and round alone, as the Flower ClientApp does).
 
     Parameters
     ----------

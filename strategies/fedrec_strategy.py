@@ -3,20 +3,33 @@
 Subclasses :class:`flwr.serverapp.strategy.FedAvg` (Message API, flwr 1.42) and overrides
 
 * ``configure_train``: sends the round's messages to the nodes chosen by fedrec's schedule
-  (when a node selector is set; otherwise FedAvg's own sampling) with the round config;
-* ``aggregate_train``: drops error replies and malformed updates (wrong keys or shapes,
-  non-finite values) with a log line, stacks the rest into tensors ordered by client id, and
-  runs :class:`strategies.server.ServerAggregator` (defense + server optimizer). It returns the
+  (``round_clients``: client id -> node id, or ``node_selector``: node ids; otherwise FedAvg's
+  own sampling) with the round config, and records which client each message went to;
+* ``aggregate_train``: drops, with a log line, error replies, malformed replies, replies whose
+  identity does not hold up and malformed updates (wrong keys or shapes, non-finite values),
+  stacks the rest into tensors ordered by client id, and runs
+  :class:`strategies.server.ServerAggregator` (defense + server optimizer). It returns the
   **new global parameters** (not the raw aggregate), so ``Strategy.start`` works unchanged.
 
 Replies must carry one ``ArrayRecord`` (the update) and one ``MetricRecord`` with
-``num-examples`` and ``client-id``.
+``num-examples`` and ``client-id``. Reply checks, in order:
+
+* ``client-id`` must be a non-negative integer (not a bool or a float); when the server knows
+  the round's clients (``round_clients``), it must be one of them and the reply must come from
+  the node that client's message went to. Otherwise the reply is dropped and not reported
+  under any client (the server cannot tell whose it is).
+* A ``client-id`` claimed by more than one reply in a round: **every** reply of that id is
+  dropped and the id reported as dropped, since the server cannot tell which one is genuine
+  (keeping the first would let whichever reply arrives first win).
+* ``num-examples`` must be an int or float (not a bool), finite, in ``(0, MAX_NUM_EXAMPLES]``;
+  the update must pass :func:`strategies.validation.check_update`. Otherwise the client is
+  reported as dropped.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
 from typing import Any
 
@@ -34,6 +47,11 @@ from strategies.validation import check_update, log_rejections
 log = logging.getLogger("fedrec")
 
 NodeSelector = Callable[[int], list[int]]
+RoundClients = Callable[[int], Mapping[int, int]]
+
+#: Upper bound on a reply's ``num-examples`` (one user's sequence is far shorter; a larger
+#: claim would only serve to dominate an example-weighted rule).
+MAX_NUM_EXAMPLES = 10**9
 
 
 def reply_update(content: RecordDict) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -51,6 +69,38 @@ def reply_update(content: RecordDict) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(arrays[0].to_torch_state_dict()), dict(metrics[0])
 
 
+def _number(value: Any) -> float:
+    """``value`` as a float when it is a real number (not a bool), else NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return float("nan")
+    return float(value)
+
+
+def client_id_problem(value: Any) -> str | None:
+    """Why a reply's ``client-id`` is not a valid client id (None when it is one).
+
+    A valid id is a non-negative integer (Python or numpy), not a bool and not a float.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return f"client-id {value!r} is not an integer"
+    if int(value) < 0:
+        return f"client-id {int(value)} is negative"
+    return None
+
+
+def num_examples_problem(value: Any) -> str | None:
+    """Why a reply's ``num-examples`` is not acceptable (None when it is).
+
+    Accepted: an int or float (not a bool), finite, with ``0 < value <= MAX_NUM_EXAMPLES``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return f"num-examples {value!r} is not a number"
+    n = float(value)
+    if not np.isfinite(n) or n <= 0 or n > MAX_NUM_EXAMPLES:
+        return f"num-examples={value!r} outside (0, {MAX_NUM_EXAMPLES}]"
+    return None
+
+
 class FedRecStrategy(FedAvg):
     """Flower strategy running fedrec's defenses and server optimizer.
 
@@ -61,16 +111,22 @@ class FedRecStrategy(FedAvg):
     shapes : dict
         Expected update layout ``name -> shape``.
     node_selector : callable, optional
-        ``server_round -> node ids`` for the round (fedrec's deterministic schedule).
+        ``server_round -> node ids`` for the round (fedrec's deterministic schedule), when the
+        server does not know which client a node holds (then client ids are only type-checked).
     epoch_of : callable, optional
         ``server_round -> epoch`` for the learning-rate schedule (default: 0).
+    round_clients : callable, optional
+        ``server_round -> {client id: node id}`` for the round; takes precedence over
+        ``node_selector``. With it, a reply must claim one of the round's clients and come from
+        that client's node.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
     def __init__(self, aggregator: ServerAggregator, shapes: dict[str, tuple[int, ...]],
                  node_selector: NodeSelector | None = None,
-                 epoch_of: Callable[[int], int] | None = None, **kwargs: Any) -> None:
+                 epoch_of: Callable[[int], int] | None = None,
+                 round_clients: RoundClients | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("fraction_evaluate", 0.0)
         flwr_level = logging.getLogger("flwr").level
         logging.getLogger("flwr").setLevel(logging.ERROR)  # FedAvg warns about fraction_evaluate=0
@@ -81,9 +137,12 @@ class FedRecStrategy(FedAvg):
         self.aggregator = aggregator
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.node_selector = node_selector
+        self.round_clients = round_clients
         self.epoch_of = epoch_of or (lambda r: 0)
         self.current: dict[str, torch.Tensor] | None = None
         self.last_report: RoundReport | None = None
+        #: ``(server_round, {client id: node id})`` of the last configured round.
+        self.sent: tuple[int, dict[int, int]] | None = None
 
     def summary(self) -> None:
         """Log the strategy settings."""
@@ -97,38 +156,87 @@ class FedRecStrategy(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         """Messages for the round's nodes (fedrec schedule when a selector is set)."""
         self.current = dict(arrays.to_torch_state_dict())
-        if self.node_selector is None:
+        self.sent = None
+        if self.round_clients is not None:
+            clients = {int(c): int(n) for c, n in self.round_clients(server_round).items()}
+            self.sent = (server_round, clients)
+            nodes = list(clients.values())
+        elif self.node_selector is not None:
+            nodes = list(self.node_selector(server_round))
+        else:
             return super().configure_train(server_round, arrays, config, grid)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, self.node_selector(server_round), MessageType.TRAIN)
+        return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+    def expected_clients(self, server_round: int) -> dict[int, int] | None:
+        """``{client id: node id}`` the round's messages went to (None: not known)."""
+        if self.sent is not None and self.sent[0] == server_round:
+            return self.sent[1]
+        if self.round_clients is not None:
+            return {int(c): int(n) for c, n in self.round_clients(server_round).items()}
+        return None
+
+    def _identified(self, server_round: int, valid: list[Message]
+                    ) -> list[tuple[int, dict[str, torch.Tensor], dict[str, Any]]]:
+        """Parse replies and keep those whose ``client-id`` holds up (each drop is logged)."""
+        expected = self.expected_clients(server_round)
+        out: list[tuple[int, dict[str, torch.Tensor], dict[str, Any]]] = []
+        for msg in valid:
+            node = msg.metadata.src_node_id
+            try:
+                arrays, metrics = reply_update(msg.content)
+                raw_id = metrics["client-id"]
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("round %d: dropped a malformed reply from node %s (%s)",
+                            server_round - 1, node, exc)
+                continue
+            why = client_id_problem(raw_id)
+            if why is None and expected is not None:
+                cid = int(raw_id)
+                if cid not in expected:
+                    why = f"client-id {cid} was not sent this round's message"
+                elif expected[cid] != node:
+                    why = f"client-id {cid}'s message went to node {expected[cid]}"
+            if why is not None:
+                log.warning("round %d: dropped a reply from node %s (%s)",
+                            server_round - 1, node, why)
+                continue
+            out.append((int(raw_id), arrays, metrics))
+        return out
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate, stack (by client id) and aggregate the replies; return new global params."""
+        """Validate, stack (by client id) and aggregate the replies; return new global params.
+
+        See the module docstring for the checks. Returns ``(None, None)`` when no update is
+        left (the caller keeps its parameters); :attr:`last_report` then lists the dropped ids.
+        """
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         for msg in errors:
             log.warning("round %d: client reply failed (%s)", server_round - 1, msg.error.reason)
+        identified = self._identified(server_round, valid)
+        claims: dict[int, int] = {}
+        for cid, _, _ in identified:
+            claims[cid] = claims.get(cid, 0) + 1
         updates: list[tuple[int, dict[str, torch.Tensor], float, dict[str, Any]]] = []
         bad_ids: list[int] = []
         reasons: list[str] = []
-        for msg in valid:
-            try:
-                arrays, metrics = reply_update(msg.content)
-                cid = int(metrics["client-id"])
-                n_ex = float(metrics["num-examples"])
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("round %d: dropped a malformed reply from node %d (%s)",
-                            server_round - 1, msg.metadata.src_node_id, exc)
+        for cid, n in sorted(claims.items()):
+            if n > 1:
+                bad_ids.append(cid)
+                reasons.append(f"{n} replies claim this client id; all rejected")
+        for cid, arrays, metrics in identified:
+            if claims[cid] > 1:
                 continue
             why = check_update(arrays, self.shapes)
-            if why is None and not (np.isfinite(n_ex) and n_ex > 0):
-                why = f"num-examples={n_ex}"
+            if why is None:
+                why = num_examples_problem(metrics.get("num-examples"))
             if why is not None:
                 bad_ids.append(cid)
                 reasons.append(why)
                 continue
-            updates.append((cid, arrays, n_ex, metrics))
+            updates.append((cid, arrays, float(metrics["num-examples"]), metrics))
         if bad_ids:
             log_rejections(server_round - 1, bad_ids, reasons)
         if not updates or self.current is None:
@@ -147,7 +255,8 @@ class FedRecStrategy(FedAvg):
                                  report.dropped + bad_ids, report.extra)
         self.last_report = report
         self.current = new
-        losses = [float(u[3].get("loss", np.nan)) for u in updates]
-        metrics = MetricRecord({"loss": float(np.nanmean(losses)) if losses else float("nan"),
-                                "clients": len(updates), "dropped": len(report.dropped)})
+        losses = np.array([_number(u[3].get("loss")) for u in updates])
+        loss = float(np.nanmean(losses)) if not np.isnan(losses).all() else float("nan")
+        metrics = MetricRecord({"loss": loss, "clients": len(updates),
+                                "dropped": len(report.dropped)})
         return ArrayRecord({n: v.detach().contiguous() for n, v in new.items()}), metrics

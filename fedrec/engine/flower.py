@@ -1,11 +1,17 @@
 """Federated training on the Flower simulation engine (Ray), on the same code path.
 
 * :func:`make_client_app` builds a Flower ``ClientApp`` (Message API) whose ``train`` handler
-  calls the single-client update function (:func:`clients.update.client_update`) or, for a
-  malicious partition, the attack — the same functions the local engine batches.
+  (:func:`client_train`) calls the single-client update function
+  (:func:`clients.update.client_update`) or, for a malicious partition, the attack — the same
+  functions the local engine batches. Every client computation is seeded from
+  ``(seed, round, client id)`` (benign: :func:`clients.update.client_torch_rng`; attacks:
+  :meth:`attacks.base.Attack.craft`), never from the Ray worker's own torch stream, so a run
+  repeats exactly whichever worker computes which client. Without dropout it equals the local
+  engine; with dropout its masks differ from the local engine's batched draws.
 * :func:`make_server_app` builds a ``ServerApp`` whose ``main`` drives fedrec's step loop
   (checkpoints, resume, evaluation) with :class:`FlowerTrainer`: each step sends the round's
-  messages through :class:`strategies.fedrec_strategy.FedRecStrategy` and the ``Grid``.
+  messages through :class:`strategies.fedrec_strategy.FedRecStrategy` and the ``Grid`` and
+  takes the new global parameters from the ``ArrayRecord`` the strategy returns.
 * :func:`run_flower` runs both with ``flwr.simulation.run_simulation`` on a fresh local Ray
   instance (``federation.ray_address: local``) or an existing cluster (``auto`` or
   ``host:port``). Under ``flwr run`` the module-level ``server_app``/``client_app`` read the
@@ -33,7 +39,7 @@ from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from clients.update import client_update
+from clients.update import Update, client_torch_rng, client_update
 from fedrec.config import ExperimentConfig, load_config, validate_config
 from fedrec.data.registry import data_root
 from fedrec.engine.context import RunContext
@@ -89,6 +95,39 @@ def config_from_run_config(run_config: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- client side
 
 
+def client_train(fed: Federation, client_id: int, round_idx: int,
+                 params: dict[str, torch.Tensor]) -> Update:
+    """The update of client ``client_id`` in round ``round_idx`` (the ``train`` handler's work).
+
+    A benign client runs :func:`clients.update.client_update` inside
+    :func:`clients.update.client_torch_rng`; a malicious one runs the attack, whose
+    :meth:`~attacks.base.Attack.craft` seeds torch itself. Either way the result depends only on
+    the experiment, the round, the client and ``params``, not on the worker's history.
+
+    Parameters
+    ----------
+    fed : Federation
+        The experiment's data, model, threat model and attack.
+    client_id : int
+        The client (a participant id).
+    round_idx : int
+        Global round index (0-based).
+    params : dict
+        Global parameters sent by the server.
+
+    Returns
+    -------
+    Update
+        The client's gradient (FedSGD) or delta (FedAvg).
+    """
+    rc = fed.round_config(round_idx)
+    model = fed.ctx.model
+    if fed.threat.is_malicious(client_id):
+        return fed.attack.craft(model, params, client_id, fed.threat, rc)
+    with client_torch_rng(rc, client_id):
+        return client_update(model, params, fed.client_sequence(client_id), client_id, rc)
+
+
 def make_client_app(cfg_json: str | None = None) -> ClientApp:
     """A ``ClientApp`` for experiment ``cfg_json`` (None: read it from the run config)."""
     app = ClientApp()
@@ -106,13 +145,8 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         fed = federation_for(experiment(context))
         pid = int(context.node_config["partition-id"])
         cid = int(fed.threat.participants()[pid])
-        rc = fed.round_config(int(msg.content["config"]["fedrec-round"]))
         params = msg.content["arrays"].to_torch_state_dict()
-        model = fed.ctx.model
-        if fed.threat.is_malicious(cid):
-            upd = fed.attack.craft(model, params, cid, fed.threat, rc)
-        else:
-            upd = client_update(model, params, fed.client_sequence(cid), cid, rc)
+        upd = client_train(fed, cid, int(msg.content["config"]["fedrec-round"]), params)
         metrics = MetricRecord({"num-examples": int(upd.num_examples), "client-id": cid,
                                 "loss": float(upd.metrics.get("loss", 0.0))})
         arrays = ArrayRecord({k: v.detach().contiguous() for k, v in upd.params.items()})
@@ -174,7 +208,7 @@ class FlowerTrainer(FederatedTrainer):
         sched = fed.schedule
         self.strategy = FedRecStrategy(
             aggregator, shapes,
-            node_selector=lambda r: [self.node_of[int(c)] for c in sched.clients(r - 1)],
+            round_clients=lambda r: {int(c): self.node_of[int(c)] for c in sched.clients(r - 1)},
             epoch_of=lambda r: sched.epoch_of(r - 1),
             min_available_nodes=1, min_train_nodes=1,
         )
@@ -198,8 +232,8 @@ class FlowerTrainer(FederatedTrainer):
         msgs = self.strategy.configure_train(step + 1, arrays, config, self.grid)
         replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
         new, metrics = self.strategy.aggregate_train(step + 1, replies)
-        if new is not None and self.strategy.current is not None:
-            self.params = {n: v.clone() for n, v in self.strategy.current.items()}
+        if new is not None:
+            self.params = {n: v.clone() for n, v in new.to_torch_state_dict().items()}
         report = self.strategy.last_report
         out = {"loss": float(metrics["loss"]) if metrics is not None else float("nan"),
                "lr": self.aggregator.optimizer.current_lr(rc.epoch),
