@@ -91,7 +91,7 @@ def diagnose(cfg, params: dict[str, torch.Tensor]) -> dict[str, float]:
     """Magnitudes of malicious vs summed benign updates and the target's score at ``params``."""
     from clients.update import RoundConfig, combined_fedsgd_gradient
     from fedrec.engine.context import RunContext
-    from fedrec.engine.federated import Federation
+    from fedrec.engine.federation import Federation
 
     ctx = RunContext.build(cfg)
     fed = Federation.build(ctx)
@@ -125,7 +125,7 @@ def craft_seconds(cfg, params: dict[str, torch.Tensor], repeats: int = 3) -> flo
     """Median wall time of one malicious ``craft`` at ``params``."""
     from clients.update import RoundConfig
     from fedrec.engine.context import RunContext
-    from fedrec.engine.federated import Federation
+    from fedrec.engine.federation import Federation
 
     ctx = RunContext.build(cfg)
     fed = Federation.build(ctx)

@@ -72,11 +72,12 @@ def child(variant: str, dataset: str, rounds: int) -> dict:
     import numpy as np
     import torch
 
-    from clients.update import RoundConfig, batched_updates, combined_fedsgd_gradient, num_examples
+    from clients.update import RoundConfig, batched_updates, num_examples
     from fedrec.config import load_config
     from fedrec.data.random import stream_key
     from fedrec.engine.context import RunContext
-    from fedrec.engine.federated import Federation, FederatedTrainer, build_aggregator
+    from fedrec.engine.federated import FederatedTrainer
+    from fedrec.engine.federation import Federation, build_aggregator
 
     cfg = load_config(base=experiment(dataset))
     ctx = RunContext.build(cfg)

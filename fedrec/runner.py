@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.config import ExperimentConfig, dump_config
+from fedrec.engine.finish import finish_run
 from fedrec.logs import log_to_file
 from fedrec.results import RunDir, open_run_dir
 
@@ -30,33 +31,6 @@ def build_trainer(cfg: ExperimentConfig, ctx: Any) -> Any:
     from fedrec.engine.federated import build_federated_trainer
 
     return build_federated_trainer(ctx)
-
-
-def finish_run(cfg: ExperimentConfig, ctx: Any, trainer: Any, run: RunDir, *, resume: bool,
-               progress: bool) -> dict[str, Any]:
-    """Drive ``trainer`` through the step loop and write the summary.
-
-    Centralized runs select the model on validation and report test metrics of the best
-    epoch; federated runs track test metrics over rounds (the attack literature's protocol)
-    and report those of the final global model.
-    """
-    from fedrec.engine.loop import run_loop
-
-    if cfg.mode == "centralized":
-        summary = run_loop(trainer, run, resume=resume, eval_split="valid",
-                           early_stop_metric=cfg.train.metric, patience=cfg.train.patience,
-                           progress=progress)
-    else:
-        summary = run_loop(trainer, run, resume=resume, eval_split="test",
-                           checkpoint_every=cfg.federation.checkpoint_every, progress=progress,
-                           final_test=False)
-        summary["test"] = trainer.final_metrics()
-    summary.update(name=cfg.name, mode=cfg.mode, dataset=ctx.split.name,
-                   n_users=ctx.split.n_users, n_items=ctx.split.n_items,
-                   n_parameters=sum(p.numel() for p in ctx.model.parameters()),
-                   targets=list(ctx.targets))
-    run.write_summary(summary)
-    return summary
 
 
 def run_multitask(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:

@@ -114,7 +114,7 @@ def test_unknown_defense_and_attack_are_one_line_errors(tmp_path):
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
 def test_fltrust_gets_the_servers_root_update(tmp_path, protocol):
     from fedrec.engine.context import RunContext
-    from fedrec.engine.federated import Federation, build_aggregator
+    from fedrec.engine.federation import Federation, build_aggregator
 
     cfg = _cfg(**{"defense.name": "fltrust", "defense.root_users": 5, "federation.protocol": protocol,
                   "federation.epochs": 1})

@@ -27,7 +27,8 @@ from clients.update import client_torch_rng, client_torch_seed, client_update
 from defenses.registry import build_defense
 from fedrec.config import load_config
 from fedrec.engine.context import RunContext
-from fedrec.engine.federated import FederatedTrainer, Federation, build_aggregator
+from fedrec.engine.federated import FederatedTrainer
+from fedrec.engine.federation import Federation, build_aggregator
 from fedrec.engine.flower import FlowerTrainer, client_train
 from strategies.fedrec_strategy import MAX_NUM_EXAMPLES, FedRecStrategy
 from strategies.optimizer import ServerOptimizer

@@ -126,3 +126,36 @@ def test_progress_lines_reach_run_log_and_a_non_terminal(tmp_path):
     assert "epoch 1/2" in res.output and "epoch 2/2" in res.output
     log = (out / "run.log").read_text()
     assert "epoch 1/2" in log and "epoch 2/2" in log and "full/NDCG@10=" in log
+
+
+def test_flwr_run_out_dir_follows_the_run_directory_rule(tmp_path):
+    """`flwr run` with an out-dir that holds a run: refused (no appending to metrics.jsonl);
+    with the run config's ``resume`` a finished run returns its summary."""
+    from flwr.app import Context, RecordDict
+
+    from fedrec.engine.flower import make_server_app, portable_config
+
+    fed = {**TINY, "mode": "federated", "federation": {"rounds": 2, "clients_per_round": 20,
+                                                       "engine": "flower"}}
+    cfg = config_with(json.loads(json.dumps(fed)))
+    out = tmp_path / "out"
+    run = RunDir(out)
+    run.write_config("name: x\n")
+    run.log({"step": 0, "train/loss": 1.0})
+
+    def call(resume):
+        results = {}
+        app = make_server_app(portable_config(cfg), run_dir=None, results=results)
+        ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={"out-dir": str(out), "resume": resume})
+        app._main(None, ctx)  # refused or answered before any message is sent
+        return results
+
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        call(False)
+    assert [r["step"] for r in run.read_metrics()] == [0]
+    from fedrec.config import dump_config
+
+    run.write_config(dump_config(cfg))
+    run.write_summary({"test": {"full/HR@10": 0.5}})
+    assert call(True)["summary"] == {"test": {"full/HR@10": 0.5}}

@@ -40,13 +40,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from clients.update import Update, client_torch_rng, client_update
-from fedrec.config import ExperimentConfig, load_config, validate_config
+from fedrec.config import ExperimentConfig, dump_config, load_config, validate_config
 from fedrec.data.registry import data_root
 from fedrec.engine.context import RunContext
-from fedrec.engine.federated import FederatedTrainer, Federation, build_aggregator
+from fedrec.engine.federation import FederatedTrainerBase, Federation, build_aggregator
 from fedrec.logs import quiet_third_party
 from strategies.fedrec_strategy import FedRecStrategy
-from strategies.server import ServerAggregator, detection_metrics
+from strategies.server import ServerAggregator
 
 log = logging.getLogger("fedrec")
 
@@ -195,7 +195,7 @@ def discover_nodes(grid: Grid, expected: int = 0, timeout: float = 600.0) -> dic
     return out
 
 
-class FlowerTrainer(FederatedTrainer):
+class FlowerTrainer(FederatedTrainerBase):
     """Round loop over a Flower ``Grid``; server math shared with the local engine."""
 
     def __init__(self, fed: Federation, aggregator: ServerAggregator, grid: Grid | None = None,
@@ -226,7 +226,6 @@ class FlowerTrainer(FederatedTrainer):
     def train_step(self, step: int) -> dict[str, float]:
         """Send round ``step`` to its clients through Flower and aggregate the replies."""
         assert self.grid is not None, "FlowerTrainer.connect(grid) first"
-        rc = self.fed.round_config(step)
         arrays = ArrayRecord({n: v.contiguous() for n, v in self.params.items()})
         config = ConfigRecord({"fedrec-round": step})
         msgs = self.strategy.configure_train(step + 1, arrays, config, self.grid)
@@ -234,15 +233,8 @@ class FlowerTrainer(FederatedTrainer):
         new, metrics = self.strategy.aggregate_train(step + 1, replies)
         if new is not None:
             self.params = {n: v.clone() for n, v in new.to_torch_state_dict().items()}
-        report = self.strategy.last_report
-        out = {"loss": float(metrics["loss"]) if metrics is not None else float("nan"),
-               "lr": self.aggregator.optimizer.current_lr(rc.epoch),
-               "clients": float(len(msgs)),
-               "dropped": float(len(report.dropped)) if report else 0.0}
-        if report is not None:
-            out.update({f"defense/{k}": v for k, v in report.extra.items()})
-            out.update({f"defense/{k}": v for k, v in detection_metrics(report, self.malicious).items()})
-        return out
+        loss = float(metrics["loss"]) if metrics is not None else float("nan")
+        return self.round_metrics(step, self.strategy.last_report, loss, len(msgs))
 
     def client_side_eval(self) -> dict[str, float]:
         """Ask the clients (``@app.evaluate``) and average their reports."""
@@ -267,23 +259,28 @@ def make_server_app(cfg_json: str | None = None, run_dir: str | None = None, res
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from fedrec.results import RunDir
-        from fedrec.runner import finish_run
+        from fedrec.engine.finish import finish_run
+        from fedrec.results import RunDir, open_run_dir
 
         quiet_third_party()
         exp = cfg_json if cfg_json is not None else config_from_run_config(dict(context.run_config))
         cfg = validate_config(json.loads(exp))
-        out = run_dir or str(context.run_config.get("out-dir", "")) or str(Path(cfg.output_dir) / cfg.name)
+        if run_dir is not None:  # opened by fedrec.runner.run_experiment
+            run, again = RunDir(run_dir), resume
+        else:  # `flwr run`: the same rule as `fedrec run` (refuse a used out-dir, or resume)
+            out = str(context.run_config.get("out-dir", "")) or str(Path(cfg.output_dir) / cfg.name)
+            again = str(context.run_config.get("resume", "false")).lower() in ("1", "true", "yes")
+            run, finished = open_run_dir(out, cfg.model_dump(mode="json"), dump_config(cfg),
+                                         resume=again)
+            if finished is not None:
+                if results is not None:
+                    results["summary"] = finished
+                return
         ctx = RunContext.build(cfg)
         fed = Federation.build(ctx)
         trainer = FlowerTrainer(fed, build_aggregator(cfg, tuple(ctx.model.item_param_names), fed))
         trainer.connect(grid)
-        run = RunDir(out)
-        if not resume:
-            from fedrec.config import dump_config
-
-            run.write_config(dump_config(cfg))
-        summary = finish_run(cfg, ctx, trainer, run, resume=resume, progress=progress)
+        summary = finish_run(cfg, ctx, trainer, run, resume=again, progress=progress)
         if results is not None:
             results["summary"] = summary
 
