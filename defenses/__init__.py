@@ -3,19 +3,11 @@
 Call a rule as ``result, info = rule(stacked, weights, ctx)`` with ``stacked`` mapping each
 parameter name to ``Tensor[n_clients, *shape]`` and ``weights`` the clients' example counts;
 build one from a config with ``build_defense(name, params)``. See :mod:`defenses.base` for the
-contract.
+contract and :mod:`defenses.linalg` for the shared Gram-matrix and distance helpers.
 """
 
 from .averaging import Mean, Sum, UnweightedMean
-from .base import (
-    AggregationContext,
-    AggregationInfo,
-    Defense,
-    Stacked,
-    flatten,
-    gram,
-    pairwise_sq_dists,
-)
+from .base import AggregationContext, AggregationInfo, Defense, Stacked
 from .clipping import CenteredClipping, NormBound
 from .coordinate import Median, TrimmedMean, coordinate_median, coordinate_trimmed_mean
 from .distance import Bulyan, Krum, MultiKrum, krum_scores, krum_select
@@ -26,8 +18,8 @@ from .itemwise import (
     ItemwiseMedian,
     ItemwiseNormBound,
     ItemwiseTrimmedMean,
-    touched_rows,
 )
+from .linalg import flatten, gram, pairwise_sq_dists, touched_rows
 from .registry import DEFENSES, build_defense, defense_params
 from .similarity import Flame, FLTrust, FoolsGold
 

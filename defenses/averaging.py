@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import AggregationContext, AggregationInfo, Defense, Stacked, all_kept, combine
+from .base import AggregationContext, AggregationInfo, Defense, Stacked, all_kept
+from .linalg import combine
 
 __all__ = ["Mean", "Sum", "UnweightedMean", "linear_aggregate"]
 

@@ -28,14 +28,8 @@ from torch import Tensor
 
 from fedrec.errors import ConfigError
 
-from .base import (
-    AggregationContext,
-    AggregationInfo,
-    Defense,
-    Stacked,
-    client_sq_norms,
-    combine,
-)
+from .base import AggregationContext, AggregationInfo, Defense, Stacked
+from .linalg import client_sq_norms, combine
 
 __all__ = ["CenteredClipping", "NormBound", "centered_clip_step", "clip_scales"]
 

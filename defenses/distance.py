@@ -33,18 +33,9 @@ from torch import Tensor
 
 from fedrec.errors import ConfigError
 
-from .base import (
-    AggregationContext,
-    AggregationInfo,
-    Defense,
-    Stacked,
-    check_n_dependent,
-    combine,
-    gram,
-    pairwise_sq_dists,
-    sq_dists_from_gram,
-)
+from .base import AggregationContext, AggregationInfo, Defense, Stacked, check_n_dependent
 from .coordinate import coordinate_median
+from .linalg import combine, gram, pairwise_sq_dists, sq_dists_from_gram
 
 __all__ = [
     "Bulyan",

@@ -44,12 +44,12 @@ import math
 from typing import NamedTuple
 
 import torch
-
 from torch import Tensor
 
 from fedrec.errors import ConfigError
 
-from .base import AggregationContext, AggregationInfo, Defense, Stacked, combine, gram
+from .base import AggregationContext, AggregationInfo, Defense, Stacked
+from .linalg import combine, gram
 
 __all__ = ["DVFSRHybrid", "GeometricMedian", "WeiszfeldResult", "weiszfeld_from_gram"]
 

@@ -65,16 +65,11 @@ from .base import (
     all_kept,
     check_item_params,
     check_n_dependent,
-    client_sq_norms,
-    combine,
-    gram,
-    row_blocks,
-    sq_dists_from_gram,
-    touched_rows,
 )
 from .clipping import clip_scales
 from .coordinate import coordinate_median, coordinate_trimmed_mean, trim_count
 from .distance import krum_select_from_dists
+from .linalg import client_sq_norms, combine, gram, row_blocks, sq_dists_from_gram, touched_rows
 
 __all__ = [
     "HiCS",
@@ -84,7 +79,6 @@ __all__ = [
     "ItemwiseTrimmedMean",
     "hics_select",
     "itemwise_aggregate",
-    "touched_rows",
 ]
 
 RowFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]

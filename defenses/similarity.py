@@ -60,17 +60,9 @@ from torch import Tensor
 
 from fedrec.errors import ConfigError
 
-from .base import (
-    AggregationContext,
-    AggregationInfo,
-    Defense,
-    Stacked,
-    client_dots,
-    client_sq_norms,
-    combine,
-    gram,
-)
+from .base import AggregationContext, AggregationInfo, Defense, Stacked
 from .coordinate import coordinate_median
+from .linalg import client_dots, client_sq_norms, combine, gram
 
 __all__ = [
     "FLTrust",

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from defenses import AggregationContext, build_defense
-from defenses.base import BLOCK_ELEMENTS
-from defenses.itemwise import touched_rows
+from defenses.linalg import BLOCK_ELEMENTS, touched_rows
 from defenses.testing import ITEM_KEY, random_stacked
 
 ITEMWISE = ["itemwise_median", "itemwise_trimmed_mean", "itemwise_krum", "itemwise_norm_bound"]
@@ -77,7 +76,7 @@ def test_itemwise_matches_per_row_reference(name, seed):
 
 def test_blocks_cover_heavily_touched_rows(monkeypatch):
     """Small block budget forces many blocks, including rows touched by every client."""
-    import defenses.base as base
+    import defenses.linalg as base
 
     monkeypatch.setattr(base, "BLOCK_ELEMENTS", 64)
     n = 12

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from defenses import AggregationContext, build_defense
-from defenses.base import flatten, gram, pairwise_sq_dists
 from defenses.distance import krum_scores, krum_select
 from defenses.geomed import weiszfeld_from_gram
+from defenses.linalg import flatten, gram, pairwise_sq_dists
 
 BIG = 1e6
 
@@ -309,7 +309,7 @@ def test_trimmed_mean_with_ties_matches_numpy():
 
 
 def test_row_sparse_gram_equals_dense_gram():
-    from defenses.base import row_sparse_gram
+    from defenses.linalg import row_sparse_gram
 
     gen = torch.Generator().manual_seed(8)
     n, rows, d = 13, 200, 5
@@ -321,7 +321,7 @@ def test_row_sparse_gram_equals_dense_gram():
     stacked = {"t": table, "w": torch.randn(n, 4, generator=gen) + 100.0}
     flat = torch.cat([table.reshape(n, -1), stacked["w"]], dim=1).double()
     ref = ((flat[:, None] - flat[None]) ** 2).sum(-1)
-    from defenses.base import sq_dists_from_gram
+    from defenses.linalg import sq_dists_from_gram
 
     # Gram-formula distances carry an absolute error of a few ulps of the largest |x|^2
     atol = 1e-14 * float(flat.pow(2).sum(1).max())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from defenses import AggregationContext, build_defense
-from defenses.base import gram
+from defenses.linalg import gram
 from defenses.similarity import cosine_from_gram, flame_majority, foolsgold_weights
 
 
