@@ -12,8 +12,8 @@ from .clipping import CenteredClipping, NormBound
 from .coordinate import Median, TrimmedMean, coordinate_median, coordinate_trimmed_mean
 from .distance import Bulyan, Krum, MultiKrum, krum_scores, krum_select
 from .geomed import DVFSRHybrid, GeometricMedian, weiszfeld_from_gram
+from .hics import HiCS
 from .itemwise import (
-    HiCS,
     ItemwiseKrum,
     ItemwiseMedian,
     ItemwiseNormBound,

@@ -22,7 +22,8 @@ from .clipping import CenteredClipping, NormBound
 from .coordinate import Median, TrimmedMean
 from .distance import Bulyan, Krum, MultiKrum
 from .geomed import DVFSRHybrid, GeometricMedian
-from .itemwise import HiCS, ItemwiseKrum, ItemwiseMedian, ItemwiseNormBound, ItemwiseTrimmedMean
+from .hics import HiCS
+from .itemwise import ItemwiseKrum, ItemwiseMedian, ItemwiseNormBound, ItemwiseTrimmedMean
 from .similarity import Flame, FLTrust, FoolsGold
 
 __all__ = ["DEFENSES", "build_defense", "defense_params"]
