@@ -24,8 +24,8 @@ from fedrec.baselines.gcl4sr import (
     nt_xent,
     sample_neighbors,
 )
+from fedrec.baselines.gcl4sr.gnn import mean_aggregate, weighted_gcn
 from fedrec.baselines.gcl4sr.graph import node_keys
-from fedrec.baselines.gcl4sr.model import mean_aggregate, weighted_gcn
 from fedrec.baselines.gcl4sr.trainer import epoch_batches
 from fedrec.data.random import stream_key
 from fedrec.models import build_model

@@ -1,7 +1,8 @@
 """GCL4SR (Zhang et al., "Enhancing Sequential Recommendation with Graph Contrastive Learning",
 IJCAI 2022, arXiv 2205.14837) as a centralized baseline: item transition graph and sampler
-(:mod:`.graph`), losses (:mod:`.losses`), prefix samples (:mod:`.data`), model (:mod:`.model`)
-and trainer (:mod:`.trainer`). Run it with ``model.name: gcl4sr`` and ``mode: centralized``.
+(:mod:`.graph`), GCN / GraphSAGE propagation (:mod:`.gnn`), losses (:mod:`.losses`), prefix
+samples (:mod:`.data`), model (:mod:`.model`) and trainer (:mod:`.trainer`). Run it with
+``model.name: gcl4sr`` and ``mode: centralized``.
 """
 
 from fedrec.baselines.gcl4sr.data import PrefixSamples, expand_prefixes
