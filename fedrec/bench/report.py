@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,12 @@ DETECTION = ["detect_precision", "detect_recall"]
 def _ordered(values: pd.Series) -> list[Any]:
     """Unique values in order of first appearance."""
     return list(dict.fromkeys(v for v in values if not pd.isna(v)))
+
+
+def _group_title(columns: list[str], key: Any) -> str:
+    """``col=value, ...`` of a ``groupby`` key over ``columns``."""
+    keys = key if isinstance(key, tuple) else (key,)
+    return ", ".join(f"{g}={v}" for g, v in zip(columns, keys, strict=True))
 
 
 def group_columns(df: pd.DataFrame) -> list[str]:
@@ -149,8 +156,7 @@ def results_pivot(df: pd.DataFrame, protocol: str = "full") -> str:
         table = table.fillna("–")
         table.index.name = "attack \\ defense"
         table.columns.name = None
-        keys = key if isinstance(key, tuple) else (key,)
-        title = ", ".join(f"{g}={v}" for g, v in zip(outer, keys, strict=True)) if outer else ""
+        title = _group_title(outer, key) if outer else ""
         blocks.append((f"[{title}]\n" if title else "") + table.to_string())
     return "\n\n".join(blocks)
 
@@ -308,6 +314,232 @@ def plot_tradeoff(stats: pd.DataFrame, outer_groups: list[tuple[str, pd.DataFram
 # ---------------------------------------------------------------------------- report
 
 
+@dataclass(frozen=True, eq=False)
+class ReportData:
+    """The selections of a bench table that the report sections read.
+
+    Parameters
+    ----------
+    out : Path
+        The bench output folder.
+    meta : dict
+        The expanded grid (``cells.json``).
+    df : DataFrame
+        The tidy table.
+    cells : DataFrame
+        One row per cell (its first table row).
+    groups : list of str
+        Group columns (:func:`group_columns`).
+    constant : list of str
+        Group columns other than attack/defense with one value over all cells.
+    shown : list of str
+        Group columns shown in the tables (``groups`` without ``constant``).
+    attacks, defenses : list of str
+        Attacks and defenses of finished runs, in order of first appearance.
+    final : DataFrame
+        Rows of each finished run's last test evaluation.
+    stats : DataFrame
+        :func:`summarize` of ``final`` over the ranking protocols.
+    detection : DataFrame
+        :func:`summarize` of :func:`detection_per_run`.
+    order : DataFrame
+        The groups of finished runs, in table row order (empty: no finished run).
+    n_runs : dict
+        Finished runs per group (key: tuple of the ``groups`` values).
+    """
+
+    out: Path
+    meta: dict[str, Any]
+    df: pd.DataFrame
+    cells: pd.DataFrame
+    groups: list[str]
+    constant: list[str]
+    shown: list[str]
+    attacks: list[Any]
+    defenses: list[Any]
+    final: pd.DataFrame
+    stats: pd.DataFrame
+    detection: pd.DataFrame
+    order: pd.DataFrame
+    n_runs: dict[tuple, int]
+
+    @property
+    def outer(self) -> list[str]:
+        """Shown group columns other than attack and defense (they split tables and plots)."""
+        return [g for g in self.shown if g not in ("attack", "defense")]
+
+    @property
+    def finished_cells(self) -> pd.DataFrame:
+        """One row per finished cell."""
+        return self.cells[self.cells["status"] == "finished"]
+
+
+def _row_order(cells: pd.DataFrame, groups: list[str], outer: list[str], attacks: list[Any],
+               defenses: list[Any]) -> pd.DataFrame:
+    """Groups of finished cells sorted by the outer columns, then attack and defense order."""
+    order = cells[cells["status"] == "finished"][groups].drop_duplicates()
+    if order.empty:
+        return order
+    order = order.assign(_a=order["attack"].map({a: i for i, a in enumerate(attacks)}),
+                         _d=order["defense"].map({d: i for i, d in enumerate(defenses)}))
+    return order.sort_values([*outer, "_a", "_d"], kind="stable")[groups]
+
+
+def report_data(out: Path, meta: dict[str, Any], df: pd.DataFrame) -> ReportData:
+    """Gather the selections of ``df`` that the report needs (see :class:`ReportData`).
+
+    Parameters
+    ----------
+    out : Path
+        A ``fedrec bench`` output folder.
+    meta : dict
+        Its expanded grid (:func:`fedrec.bench.table.read_cells_file`).
+    df : DataFrame
+        Its tidy table.
+
+    Returns
+    -------
+    ReportData
+    """
+    groups = group_columns(df)
+    done = df[df["status"] == "finished"]
+    attacks = _ordered(done["attack"])
+    defenses = _ordered(done["defense"])
+    cells = df.drop_duplicates("cell_id")
+    final = final_evaluation(df)
+    constant = [g for g in groups
+                if g not in ("attack", "defense") and cells[g].nunique(dropna=False) <= 1]
+    shown = [g for g in groups if g not in constant]
+    outer = [g for g in shown if g not in ("attack", "defense")]
+    finished = cells[cells["status"] == "finished"]
+    n_runs = {tuple(k): int(v) for k, v in  # groups has >= 4 columns: keys are tuples
+              finished.groupby(groups, dropna=False, sort=False).size().items()}
+    return ReportData(
+        out=out, meta=meta, df=df, cells=cells, groups=groups,
+        constant=constant, shown=shown, attacks=attacks, defenses=defenses, final=final,
+        stats=summarize(final[final["protocol"].isin(PROTOCOLS)], groups),
+        detection=summarize(detection_per_run(df), groups),
+        order=_row_order(cells, groups, outer, attacks, defenses), n_runs=n_runs,
+    )
+
+
+def header_section(data: ReportData) -> list[str]:
+    """Title, grid description and the summary bullets (cells, seeds, constants, protocols)."""
+    out, meta, cells = data.out, data.meta, data.cells
+    runs = data.final.drop_duplicates("cell_id")
+    seeds = sorted(int(s) for s in runs["seed"].dropna().unique()) if not runs.empty else []
+    status_counts = cells["status"].value_counts().to_dict()
+    lines = [f"# Benchmark report: {meta.get('grid', out.name)}", ""]
+    if meta.get("description"):
+        lines += [str(meta["description"]).strip(), ""]
+    lines += [
+        f"- grid: `{meta.get('source', '?')}`; folder: `{out}`",
+        f"- cells: {len(cells)} "
+        f"({', '.join(f'{v} {k}' for k, v in sorted(status_counts.items()))})",
+        f"- seeds: {', '.join(map(str, seeds)) or '–'}; numbers are mean ± std over seeds at each "
+        "run's final test evaluation (a single number: one run)",
+        "- constant: " + (", ".join(f"{g} = {cells[g].iloc[0]}" for g in data.constant) or "–"),
+        "- protocols: *full* = ranking over all items; *sampled* = the held-out item among "
+        "sampled negative candidates (see each cell's `config.yaml`, `eval.n_negatives`)",
+        "- ER@K: share of benign users without a target item in their history whose top-K list "
+        "contains a target item (higher = stronger attack); HR@10/NDCG@10: utility",
+        f"- generated {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; tidy table: "
+        "`results.parquet` / `results.csv`",
+        "",
+    ]
+    return lines
+
+
+def _table(data: ReportData, stats: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
+    return _metric_table(stats, data.groups, data.shown, columns, data.order, data.n_runs)
+
+
+def results_section(data: ReportData) -> list[str]:
+    """Attack-success (ER@K) and utility tables, or a note that no run has finished."""
+    if data.order.empty:
+        return ["**No finished run yet.**", ""]
+    er_cols = [(p, m) for p in PROTOCOLS for m in ER_METRICS]
+    ut_cols = [(p, m) for p in PROTOCOLS for m in UTILITY_METRICS]
+    return ["## Attack success (ER@K, final evaluation)", "", _table(data, data.stats, er_cols),
+            "", "## Utility (final evaluation)", "", _table(data, data.stats, ut_cols), ""]
+
+
+def detection_section(data: ReportData) -> list[str]:
+    """Detection precision/recall table of client-filtering defenses (empty if none)."""
+    det = data.detection
+    if data.order.empty or det.empty or not det["mean"].notna().any():
+        return []
+    columns = [("defense", "detect_precision"), ("defense", "detect_recall")]
+    return ["## Detection (client-filtering defenses)", "",
+            "Per run, the mean over rounds of precision (flagged clients that were "
+            "malicious) and recall (malicious clients that were flagged); `–`: never "
+            "defined (no malicious client, or the defense flags none).", "",
+            _table(data, det.assign(protocol="defense"), columns), ""]
+
+
+def _outer_parts(frame: pd.DataFrame, outer: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """``frame`` split by the ``outer`` columns, each part with its title (one part if none)."""
+    if not outer:
+        return [("", frame)]
+    return [(_group_title(outer, key), part)
+            for key, part in frame.groupby(outer, dropna=False, sort=False)]
+
+
+def draw_plots(data: ReportData) -> list[tuple[str, str]]:
+    """Draw the PNGs into the bench folder; return ``(caption, file name)`` of each image."""
+    out, outer = data.out, data.outer
+    attacks, defenses = data.attacks, data.defenses
+    images: list[tuple[str, str]] = []
+    fin_eval = data.final[data.final["protocol"].isin(PROTOCOLS)]
+    plot_heatmap(fin_eval, _outer_parts(fin_eval, outer), attacks, defenses,
+                 out / "er10_heatmap.png")
+    images.append(("ER@10 at the final evaluation, attack × defense", "er10_heatmap.png"))
+    for title, part in _outer_parts(data.df[data.df["status"] == "finished"], outer):
+        name = "curves.png" if not title else f"curves_{_slug(title)}.png"
+        plot_curves(part, attacks, defenses, title, out / name)
+        if (out / name).is_file():
+            images.append(("ER@10 and HR@10 over epochs (solid: full ranking, dashed: sampled)"
+                           + (f" — {title}" if title else ""), name))
+    plot_tradeoff(data.stats, _outer_parts(data.stats, outer), attacks, defenses,
+                  out / "utility_vs_robustness.png")
+    images.append(("Utility vs robustness per defense (up-left is better)",
+                   "utility_vs_robustness.png"))
+    return images
+
+
+def plots_section(images: list[tuple[str, str]]) -> list[str]:
+    """The images with their captions (empty if none)."""
+    if not images:
+        return []
+    lines = ["## Plots", ""]
+    for caption, name in images:
+        lines += [f"**{caption}**", "", f"![{caption}]({name})", ""]
+    return lines
+
+
+def failed_cells_section(cells: pd.DataFrame) -> list[str]:
+    """Table of the cells that did not finish, with their errors (empty if none)."""
+    bad = cells[cells["status"] != "finished"]
+    if bad.empty:
+        return []
+    rows = [[f"`{r.cell_id}`", r.status,
+             (r.error if isinstance(r.error, str) else "").replace("|", "\\|")]
+            for r in bad.itertuples()]
+    return ["## Cells not finished", "", _md_table(["cell", "status", "error"], rows), "",
+            "Re-run the same `fedrec bench` command to retry them (finished cells are kept).", ""]
+
+
+def cost_section(data: ReportData) -> list[str]:
+    """Wall time and peak memory of the finished runs (empty if no run has a final result)."""
+    if data.final.empty:
+        return []
+    t = data.finished_cells
+    return ["## Cost", "",
+            f"Wall time per run: median {t['wall_time_s'].median():.1f} s, max "
+            f"{t['wall_time_s'].max():.1f} s, total {t['wall_time_s'].sum():.1f} s; peak "
+            f"memory per run: max {t['peak_memory_mb'].max():.0f} MB.", ""]
+
+
 def render_report(out: str | Path, df: pd.DataFrame | None = None, plots: bool = True) -> Path:
     """Write ``<out>/report.md`` (and the PNGs next to it); return its path.
 
@@ -319,6 +551,11 @@ def render_report(out: str | Path, df: pd.DataFrame | None = None, plots: bool =
         The tidy table (default: rebuilt from the cell directories and rewritten).
     plots : bool
         Also draw the PNGs.
+
+    Returns
+    -------
+    Path
+        ``<out>/report.md``.
     """
     import matplotlib
 
@@ -328,114 +565,10 @@ def render_report(out: str | Path, df: pd.DataFrame | None = None, plots: bool =
     if df is None:
         df = build_table(out)
         write_table(df, out)
-    groups = group_columns(df)
-    done = df[df["status"] == "finished"]
-    attacks = _ordered(done["attack"])
-    defenses = _ordered(done["defense"])
-    cells = df.drop_duplicates("cell_id")
-    n_cells = len(cells)
-    status_counts = cells["status"].value_counts().to_dict()
-    final = final_evaluation(df)
-    runs = final.drop_duplicates("cell_id")
-    stats = summarize(final[final["protocol"].isin(PROTOCOLS)], groups)
-    det = summarize(detection_per_run(df), groups)
-
-    constant = [g for g in groups
-                if g not in ("attack", "defense") and cells[g].nunique(dropna=False) <= 1]
-    shown = [g for g in groups if g not in constant]
-    order = cells[cells["status"] == "finished"][groups].drop_duplicates()
-    if not order.empty:
-        order = order.assign(_a=order["attack"].map({a: i for i, a in enumerate(attacks)}),
-                             _d=order["defense"].map({d: i for i, d in enumerate(defenses)}))
-        outer_shown = [g for g in shown if g not in ("attack", "defense")]
-        order = order.sort_values([*outer_shown, "_a", "_d"], kind="stable")[groups]
-
-    finished = cells[cells["status"] == "finished"]
-    n_runs = {tuple(k): int(v) for k, v in  # groups has >= 4 columns: keys are tuples
-              finished.groupby(groups, dropna=False, sort=False).size().items()}
-    seeds = sorted(int(s) for s in runs["seed"].dropna().unique()) if not runs.empty else []
-    lines = [f"# Benchmark report: {meta.get('grid', out.name)}", ""]
-    if meta.get("description"):
-        lines += [str(meta["description"]).strip(), ""]
-    lines += [
-        f"- grid: `{meta.get('source', '?')}`; folder: `{out}`",
-        f"- cells: {n_cells} ({', '.join(f'{v} {k}' for k, v in sorted(status_counts.items()))})",
-        f"- seeds: {', '.join(map(str, seeds)) or '–'}; numbers are mean ± std over seeds at each "
-        "run's final test evaluation (a single number: one run)",
-        "- constant: " + (", ".join(f"{g} = {cells[g].iloc[0]}" for g in constant) or "–"),
-        "- protocols: *full* = ranking over all items; *sampled* = the held-out item among "
-        "sampled negative candidates (see each cell's `config.yaml`, `eval.n_negatives`)",
-        "- ER@K: share of benign users without a target item in their history whose top-K list "
-        "contains a target item (higher = stronger attack); HR@10/NDCG@10: utility",
-        f"- generated {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; tidy table: "
-        "`results.parquet` / `results.csv`",
-        "",
-    ]
-    if order.empty:
-        lines += ["**No finished run yet.**", ""]
-    else:
-        er_cols = [(p, m) for p in PROTOCOLS for m in ER_METRICS]
-        ut_cols = [(p, m) for p in PROTOCOLS for m in UTILITY_METRICS]
-        lines += ["## Attack success (ER@K, final evaluation)", "",
-                  _metric_table(stats, groups, shown, er_cols, order, n_runs), "",
-                  "## Utility (final evaluation)", "",
-                  _metric_table(stats, groups, shown, ut_cols, order, n_runs), ""]
-        if not det.empty and det["mean"].notna().any():
-            det2 = det.assign(protocol="defense")
-            lines += ["## Detection (client-filtering defenses)", "",
-                      "Per run, the mean over rounds of precision (flagged clients that were "
-                      "malicious) and recall (malicious clients that were flagged); `–`: never "
-                      "defined (no malicious client, or the defense flags none).", "",
-                      _metric_table(det2, groups, shown,
-                                    [("defense", "detect_precision"), ("defense", "detect_recall")],
-                                    order, n_runs), ""]
-    images: list[tuple[str, str]] = []
-    if plots and not order.empty:
-        outer_cols = [g for g in groups if g not in ("attack", "defense")]
-        fin_eval = final[final["protocol"].isin(PROTOCOLS)]
-
-        def outer_parts(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-            varying = [g for g in outer_cols if g in shown]
-            if not varying:
-                return [("", frame)]
-            parts = []
-            for key, part in frame.groupby(varying, dropna=False, sort=False):
-                key = key if isinstance(key, tuple) else (key,)
-                title = ", ".join(f"{g}={v}" for g, v in zip(varying, key, strict=True))
-                parts.append((title, part))
-            return parts
-
-        plot_heatmap(fin_eval, outer_parts(fin_eval), attacks, defenses, out / "er10_heatmap.png")
-        images.append(("ER@10 at the final evaluation, attack × defense", "er10_heatmap.png"))
-        for title, part in outer_parts(df[df["status"] == "finished"]):
-            name = "curves.png" if not title else f"curves_{_slug(title)}.png"
-            plot_curves(part, attacks, defenses, title, out / name)
-            if (out / name).is_file():
-                images.append(("ER@10 and HR@10 over epochs (solid: full ranking, dashed: sampled)"
-                               + (f" — {title}" if title else ""), name))
-        plot_tradeoff(stats, outer_parts(stats), attacks, defenses,
-                      out / "utility_vs_robustness.png")
-        images.append(("Utility vs robustness per defense (up-left is better)",
-                       "utility_vs_robustness.png"))
-    if images:
-        lines += ["## Plots", ""]
-        for caption, name in images:
-            lines += [f"**{caption}**", "", f"![{caption}]({name})", ""]
-    bad = cells[cells["status"] != "finished"]
-    if not bad.empty:
-        lines += ["## Cells not finished", "",
-                  _md_table(["cell", "status", "error"],
-                            [[f"`{r.cell_id}`", r.status,
-                              (r.error if isinstance(r.error, str) else "").replace("|", "\\|")]
-                             for r in bad.itertuples()]),
-                  "", "Re-run the same `fedrec bench` command to retry them (finished cells are "
-                  "kept).", ""]
-    if not runs.empty:
-        t = cells[cells["status"] == "finished"]
-        lines += ["## Cost", "",
-                  f"Wall time per run: median {t['wall_time_s'].median():.1f} s, max "
-                  f"{t['wall_time_s'].max():.1f} s, total {t['wall_time_s'].sum():.1f} s; peak "
-                  f"memory per run: max {t['peak_memory_mb'].max():.0f} MB.", ""]
+    data = report_data(out, meta, df)
+    images = draw_plots(data) if plots and not data.order.empty else []
+    lines = [*header_section(data), *results_section(data), *detection_section(data),
+             *plots_section(images), *failed_cells_section(data.cells), *cost_section(data)]
     path = out / REPORT
     atomic_write_text(path, "\n".join(lines))
     return path
