@@ -2,8 +2,10 @@
 
 Qin, Luo, Cheng, Mao & Lei, "DV-FSR: A Dual-View Target Attack Framework for Federated
 Sequential Recommendation", arXiv 2409.07500 (2024; v2 withdrawn by the authors). The paper
-body is not available; the method here follows the authors' public code (read, not copied) as
-summarised in ``shared/specs/dvfsr.md`` §2, with that code's bugs left out:
+body is not available; the method here follows the authors' public code (read, not copied),
+github.com/USTCAGI/DV-FSR (the repository named in the paper; qqt-code/DV-FSR is the first
+author's identical copy), attack ``method_DV-FSR`` of ``SeqAttackClient_method1_2_3``, with
+that code's bugs left out:
 
 **Explicit view** (gradient-guided item substitution, after Yue et al., "Defending
 Substitution-Based Profile Pollution Attacks on Sequential Recommenders", RecSys 2022):
@@ -371,8 +373,9 @@ class DVFSR(Attack):
 
 register_alias("s_fsr", "dvfsr", implicit_weight=0.0)
 register_alias("c_fsr", "dvfsr", explicit_weight=0.0)
-# The reference code's effective objective: its substitution step leaves the CE(target)
-# gradient of the last search in the model, so it is uploaded too (dvfsr.md §2.2, §9).
+# The reference code's effective objective: its substitution step (``Substitute`` in
+# USTCAGI/DV-FSR) leaves the CE(target) gradient of the last search in the model's parameter
+# gradients, so it is uploaded too.
 register_alias("dvfsr_ref", "dvfsr", leak_substitution_grad=True)
 
 __all__ = ["DVFSR", "contrastive_loss", "dvfsr_loss", "implicit_loss", "importance_scores",
