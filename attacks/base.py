@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -70,10 +70,6 @@ class Attack(ABC):
         if self.scale != 1.0:
             upd.params = {k: v * self.scale for k, v in upd.params.items()}
         return upd
-
-    def describe(self) -> dict[str, Any]:
-        """Parameters, for logs and result tables."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
 class DataPoisoningAttack(Attack):

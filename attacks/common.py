@@ -350,8 +350,3 @@ def clip_total(update: Mapping[str, torch.Tensor], limit: float,
         for n in names:
             out[n] = out[n] * f
     return out
-
-
-def update_norm(update: Mapping[str, torch.Tensor]) -> float:
-    """L2 norm of a whole update."""
-    return float(torch.sqrt(sum((v.double() ** 2).sum() for v in update.values())))

@@ -10,7 +10,6 @@ reference code halves the rate every 5 epochs).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,8 +84,3 @@ class ServerOptimizer:
         self.t = int(state["t"])
         self.m = dict(state["m"])
         self.v = dict(state["v"])
-
-
-def is_finite_lr(lr: float) -> bool:
-    """True for a finite positive step size."""
-    return math.isfinite(lr) and lr > 0

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.bench.grid import Cell, Grid
-from fedrec.errors import ConfigError, FedRecError
+from fedrec.errors import ConfigError
 from fedrec.logs import quiet_third_party
 from fedrec.results import atomic_write_text
 
@@ -432,15 +432,3 @@ def _run_on_ray(ray: Any, payloads: list[dict[str, Any]], done: Any, max_paralle
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         raise
-
-
-def bench(
-    grid: Grid,
-    out: str | Path,
-    **kwargs: Any,
-) -> tuple[BenchOutcome, list[Cell]]:
-    """Expand ``grid`` and run it (see :func:`run_grid` for the keyword arguments)."""
-    cells = grid.cells()
-    if not cells:
-        raise FedRecError(f"{grid.source}: the grid has no cells (everything excluded?)")
-    return run_grid(grid, cells, out, **kwargs), cells

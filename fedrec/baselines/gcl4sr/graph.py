@@ -61,11 +61,6 @@ class WITG:
         """Number of distinct neighbours of every node ``[n_nodes]``."""
         return np.diff(self.indptr)
 
-    def neighbors(self, node: int) -> tuple[np.ndarray, np.ndarray]:
-        """Neighbour ids and edge weights of ``node``."""
-        lo, hi = self.indptr[node], self.indptr[node + 1]
-        return self.indices[lo:hi], self.weights[lo:hi]
-
     def dense(self) -> np.ndarray:
         """Dense ``[n_nodes, n_nodes]`` float64 weight matrix (small graphs / tests only)."""
         out = np.zeros((self.n_nodes, self.n_nodes))

@@ -328,12 +328,6 @@ class GCL4SR(SequentialRecommender):
             self.user_emb = emb
         return self.graph
 
-    def set_graph(self, graph: WITG) -> None:
-        """Use a prebuilt graph."""
-        if graph.n_nodes != self.n_items + 1:
-            raise ValueError(f"graph: expected {self.n_items + 1} nodes, got {graph.n_nodes}")
-        self.graph = graph
-
     def make_trainer(self, ctx: Any) -> Any:
         """The GCL4SR trainer for ``mode: centralized`` (called by the runner)."""
         from fedrec.baselines.gcl4sr.trainer import GCL4SRTrainer
