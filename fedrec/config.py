@@ -4,25 +4,107 @@ An experiment is one YAML file (see README "Config reference"). ``load_config`` 
 applies ``--set a.b=value`` overrides, and validates everything with pydantic; an unknown key,
 a wrong type or an out-of-range value is reported as a single :class:`ConfigError` line that
 names the key (with a suggestion for likely typos).
+
+Checks made when a config is read, before any data or model is built:
+
+* the file must be UTF-8 text holding a non-empty YAML mapping, with every key at most once per
+  mapping (:class:`UniqueKeyLoader`, shared with the grid files of :mod:`fedrec.bench.grid`);
+* every number anywhere in the config, free-form mappings such as ``attack.params`` included,
+  must be finite (:func:`check_finite`);
+* ``attack.name``, ``defense.name`` and ``model.name`` must be registered names
+  (:func:`check_component_name`), and ``train.metric`` must be a metric that the run evaluates
+  (:func:`metric_names`).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedrec.errors import ConfigError
 
+#: A random seed: a non-negative integer that fits numpy's and torch's 64-bit seed arguments.
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: An Adam moment decay rate, in ``[0, 1)``.
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated."""
+    """Base of every config section: unknown keys are errors, values are validated, floats must
+    be finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------------------- registered names
+
+#: Default of each component name; always a registered name (checked by the tests), so a
+#: config that keeps the default does not import the registry (and torch) just to check it.
+_DEFAULT_NAMES = {"attack": "none", "defense": "mean", "model": "sasrec"}
+
+
+def component_names(kind: Literal["attack", "defense", "model"]) -> list[str]:
+    """The registered names of one kind of component.
+
+    The registries are imported here, on first use, not when this module is imported (they
+    import torch and every attack and defense module).
+
+    Parameters
+    ----------
+    kind : {"attack", "defense", "model"}
+        Which registry: :mod:`attacks.registry`, :mod:`defenses.registry` or
+        :mod:`fedrec.models`.
+
+    Returns
+    -------
+    list of str
+        The names ``attack.name`` / ``defense.name`` / ``model.name`` accept.
+    """
+    if kind == "attack":
+        from attacks.registry import attack_names
+
+        return attack_names()
+    if kind == "defense":
+        from defenses.registry import DEFENSES
+
+        return list(DEFENSES)
+    from fedrec.models import all_model_names
+
+    return all_model_names()
+
+
+def check_component_name(kind: Literal["attack", "defense", "model"], value: Any) -> Any:
+    """Check that ``value`` is a registered ``kind`` name; return it.
+
+    Raises
+    ------
+    ConfigError
+        ``"unknown attack 'dvfrs' (did you mean 'dvfsr'?); valid names: ..."`` (without the
+        key: the caller's message names it).
+    """
+    if value == _DEFAULT_NAMES[kind]:
+        return value
+    names = component_names(kind)
+    if value in names:
+        return value
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown {kind} {value!r}{hint}; valid names: {', '.join(names)}")
 
 
 class SyntheticConfig(Section):
@@ -39,7 +121,23 @@ class SyntheticConfig(Section):
     markov: float = Field(0.7, ge=0, le=1)
     switch: float = Field(0.3, ge=0, le=1)
     interest_alpha: float = Field(0.3, gt=0)
-    seed: int = 0
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> SyntheticConfig:
+        for low, high in (("min_len", "max_len"), ("min_len", "mean_len"),
+                          ("n_interests", "n_items")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(self._order_error(low, high))
+        return self
+
+    def _order_error(self, low: str, high: str) -> str:
+        """``low > high``, reported under the key the user set (``low`` when both or none)."""
+        key, other = (high, low) if self.model_fields_set & {low, high} == {high} else (low, high)
+        relation = "greater" if key == low else "less"
+        default = "" if other in self.model_fields_set else ", the default"
+        return (f"{key}: {getattr(self, key)} is {relation} than {other} "
+                f"({getattr(self, other)}{default}), expected {low} <= {high}")
 
 
 class DataConfig(Section):
@@ -71,6 +169,11 @@ class ModelConfig(Section):
     bce_reduction: Literal["sum", "mean"] = "sum"
     mask_prob: float = Field(0.15, gt=0, lt=1)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return check_component_name("model", value)
 
     def build_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`fedrec.models.build_model`.
@@ -113,6 +216,11 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(5, ge=1)
     eval_every: int = Field(1, ge=1)
+    #: Early-stopping metric, validated against :func:`metric_names`: ``{full|sampled}/HR@k``,
+    #: ``{full|sampled}/NDCG@k`` for ``k`` in ``eval.ks`` and ``{full|sampled}/MRR``, for the
+    #: protocols enabled by ``eval.full`` / ``eval.sampled``. Only centralized runs (also the
+    #: GCL4SR baseline) early-stop, so only they check it; ``ER@k`` is never valid here, as it
+    #: is measured only on an attack's target items, i.e. in federated runs.
     metric: str = "full/NDCG@10"
 
 
@@ -125,7 +233,7 @@ class EvalConfig(Section):
     n_negatives: int = Field(100, ge=1)
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
     exclude_history: bool = True
-    seed: int = 0
+    seed: Seed = 0
     batch_users: int = Field(1024, ge=1)
 
     @model_validator(mode="after")
@@ -148,7 +256,7 @@ class FederationConfig(Section):
     local_lr: float = Field(0.01, gt=0)
     server_lr: float = Field(1e-3, gt=0)
     server_optimizer: Literal["sgd", "adam"] = "sgd"
-    server_betas: tuple[float, float] = (0.9, 0.999)
+    server_betas: tuple[Beta, Beta] = (0.9, 0.999)
     lr_decay: float = Field(1.0, gt=0, le=1)
     lr_decay_every: int = Field(5, ge=1)
     engine: Literal["local", "flower"] = "local"
@@ -175,7 +283,7 @@ class TargetConfig(Section):
     n: int = Field(1, ge=1)
     bucket: tuple[float, float] = (0.0, 0.1)
     ids: list[int] = Field(default_factory=list)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class KnowledgeConfig(Section):
@@ -196,6 +304,11 @@ class AttackConfig(Section):
     scale: float = Field(1.0, gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return check_component_name("attack", value)
+
 
 class DefenseConfig(Section):
     """Server aggregation rule.
@@ -207,6 +320,11 @@ class DefenseConfig(Section):
     name: str = "mean"
     params: dict[str, Any] = Field(default_factory=dict)
     root_users: int = Field(32, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return check_component_name("defense", value)
 
 
 def _multitask_config_type() -> Any:
@@ -225,7 +343,7 @@ class ExperimentConfig(Section):
 
     name: str = "experiment"
     mode: Literal["centralized", "federated", "multitask"] = "centralized"
-    seed: int = 0
+    seed: Seed = 0
     output_dir: str = "runs"
     threads: int | None = Field(None, ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -240,14 +358,10 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _check_multitask(self) -> ExperimentConfig:
         if self.multitask is not None or self.mode == "multitask":
-            from pydantic import ValidationError as _VE
-
-            cls = _multitask_config_type()
-            raw = dict(self.multitask or {})
-            raw.setdefault("seed", self.seed)
             try:
-                cls.model_validate(raw)
-            except _VE as exc:
+                self.multitask_config()
+            except ValidationError as exc:
+                cls = _multitask_config_type()
                 raise ValueError(format_validation_error(exc, cls, "", "multitask.")[2:]) from None
         return self
 
@@ -261,7 +375,8 @@ class ExperimentConfig(Section):
         if raw.get("dataset") == "ml-100k" and raw.get("data_dir") is None:
             root = data_root(self.data.root)
             if root is None:
-                raise ConfigError("multitask.data_dir: not set and FEDREC_DATA is not set")
+                raise ConfigError("multitask.data_dir: not set, and neither data.root nor "
+                                  "FEDREC_DATA is set; expected the folder holding ml-100k/")
             raw["data_dir"] = str(root)
         if self.threads and "num_threads" not in raw:
             raw["num_threads"] = self.threads
@@ -277,12 +392,89 @@ class ExperimentConfig(Section):
                              f"{self.attack.name!r} needs a positive fraction of malicious clients")
         return self
 
+    @model_validator(mode="after")
+    def _check_metric(self) -> ExperimentConfig:
+        if self.mode != "centralized":  # only centralized runs early-stop on train.metric
+            return self
+        valid = metric_names(self.eval)
+        if self.train.metric not in valid:
+            close = difflib.get_close_matches(self.train.metric, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            default = "" if "metric" in self.train.model_fields_set else " (the default)"
+            raise ValueError(f"train.metric: {self.train.metric!r}{default} is not evaluated "
+                             f"with these eval settings{hint}; expected one of {', '.join(valid)}")
+        return self
+
+
+def metric_names(ev: EvalConfig) -> list[str]:
+    """Names of the metrics an evaluation under ``ev`` reports without attack targets.
+
+    ``{protocol}/HR@k`` and ``{protocol}/NDCG@k`` for every ``k`` in ``ev.ks``, then
+    ``{protocol}/MRR``, for ``protocol`` in ``full`` and ``sampled`` when enabled (see
+    :func:`fedrec.evaluation.evaluate`). ``ER@k`` is added only when attack targets exist.
+
+    Parameters
+    ----------
+    ev : EvalConfig
+        The evaluation protocol.
+
+    Returns
+    -------
+    list of str
+        Metric names in the order the evaluation reports them.
+    """
+    out: list[str] = []
+    for protocol, enabled in (("full", ev.full), ("sampled", ev.sampled)):
+        if enabled:
+            for k in ev.ks:
+                out += [f"{protocol}/HR@{k}", f"{protocol}/NDCG@{k}"]
+            out.append(f"{protocol}/MRR")
+    return out
+
 
 # ---------------------------------------------------------------------------- loading
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (at any depth).
+
+    PyYAML silently keeps the last value of a repeated key; here it is a
+    :class:`yaml.constructor.ConstructorError` whose mark is the line of the second occurrence
+    and whose problem names the key and the line of the first. Keys brought in by a YAML merge
+    (``<<: *defaults``) may be overridden, as the YAML merge spec says.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Construct a mapping after checking that its explicit keys are distinct."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key!r} (first given on line {first}), expected each key "
+                    "at most once per mapping", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`UniqueKeyLoader` (``yaml.safe_load`` plus duplicate keys)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``a.b.c=value`` (value parsed as YAML) into a key path and a value."""
+    """Parse ``a.b.c=value`` (value parsed as YAML) into a key path and a value.
+
+    A value that is not valid YAML is kept as a string; one that repeats a mapping key is an
+    error.
+    """
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. model.hidden=64")
     key, raw = text.split("=", 1)
@@ -290,7 +482,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: malformed key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"--set {text!r}: {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -351,48 +545,146 @@ def _suggest(loc: tuple, model: type[BaseModel]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
 
 
+def _is_key_path(model: type[BaseModel], loc: tuple, path: str) -> bool:
+    """Whether dotted ``path`` names a field below the section at ``loc`` of ``model``."""
+    cls: Any = model
+    for part in (*loc, *path.split(".")):
+        fields = getattr(cls, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        cls = fields[part].annotation
+    return True
+
+
+#: A section rule's message that starts with the key it is about: ``"min_len: ..."``.
+_KEY_PREFIX = re.compile(r"([A-Za-z_][\w.]*): ")
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str = "config",
                             prefix: str = "") -> str:
-    """Turn the first pydantic error into one line naming the key (``prefix`` + dotted path)."""
+    """Turn the first pydantic error into one line naming the key (``prefix`` + dotted path).
+
+    A rule of a whole section whose message starts with a key of that section
+    (``"min_len: ..."``) is reported under that key (``data.synthetic.min_len: ...``).
+    """
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    key = prefix + ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
+        key = prefix + _dotted(loc)
         return f"{source}: unknown key {key!r}{_suggest(loc, model)}"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     given = err.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    quoted = isinstance(given, str) and repr(given) in msg  # the message shows it already
+    shown = "" if isinstance(given, dict) or quoted else f" (got {given!r})"
+    named = _KEY_PREFIX.match(msg)
+    if named and err["type"] == "value_error" and _is_key_path(model, loc, named.group(1)):
+        loc, msg = (*loc, *named.group(1).split(".")), msg[named.end():]
     if not loc:  # a whole-config rule: the message names the keys itself
         return f"{source}: {msg}"
-    return f"{source}: {key}: {msg}{shown}"
+    return f"{source}: {prefix}{_dotted(loc)}: {msg}{shown}"
+
+
+def _dotted(loc: tuple) -> str:
+    """``("federation", "server_betas", 0)`` → ``"federation.server_betas[0]"``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def check_finite(value: Any, key: str = "", source: str = "config") -> None:
+    """Refuse a NaN or infinite number anywhere in a raw config value.
+
+    Walks mappings and lists, so free-form sections (``attack.params``, ``defense.params``,
+    ``model.params``, ``multitask``) are checked like the typed fields.
+
+    Parameters
+    ----------
+    value : Any
+        A raw config (or part of one), as read from YAML.
+    key : str
+        Dotted key of ``value`` (list items are written ``key[i]``).
+    source : str
+        Prefix of the error message (the file).
+
+    Raises
+    ------
+    ConfigError
+        ``"<source>: <key>: nan is not a finite number, expected a finite number"``.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key or '(top level)'}: {value} is not a finite number, "
+                          "expected a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{key}.{k}" if key else str(k), source)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}[{i}]", source)
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """Validate a raw dict into an :class:`ExperimentConfig` (one-line ConfigError on failure)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    check_finite(raw, "", source)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, ExperimentConfig, source)) from None
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a config file; an undecodable byte is reported with its line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: byte {data[exc.start]:#04x} is not valid UTF-8 "
+                          "text, expected a UTF-8 encoded YAML file") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with file/line in the error on a syntax error."""
+    """Read a YAML mapping (an experiment config or a grid file).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    dict
+        Its top-level mapping.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file (and the line where there is one): missing or unreadable
+        file, bytes that are not UTF-8, a YAML syntax error, a key repeated in a mapping, a
+        file with no content (empty, or only comments), or a top level that is not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = _read_text(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}{where}: {problem}") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{path}: the file is empty (no YAML content, only blank lines or "
+                          "comments), expected a mapping of config keys such as "
+                          "'mode: centralized'")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return raw

@@ -87,8 +87,10 @@ def test_cross_field_checks():
 
 def test_overrides_apply_and_parse_yaml_values(tmp_path):
     cfg = load_config(base={}, overrides=["model.hidden=32", "eval.ks=[1, 3]", "train.lr=0.01",
-                                          "data.synthetic.n_users=50", "threads=2", "name=x"])
+                                          "data.synthetic.n_users=50", "threads=2", "name=x",
+                                          "train.metric=sampled/HR@3"])
     assert cfg.model.hidden == 32 and cfg.eval.ks == [1, 3] and cfg.train.lr == 0.01
+    assert cfg.train.metric == "sampled/HR@3"
     assert cfg.data.synthetic.n_users == 50 and cfg.threads == 2 and cfg.name == "x"
     # a file's values are overridden, its name defaults to the file stem
     path = tmp_path / "exp.yaml"
@@ -144,7 +146,7 @@ def test_missing_file_and_non_mapping(tmp_path):
     assert "expected a mapping" in error_of(path=path)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert load_config(empty).name == "empty"
+    assert "the file is empty" in error_of(path=empty)  # not a silent run of the defaults
 
 
 def test_dump_config_round_trips(tmp_path):
