@@ -607,7 +607,7 @@ def check_finite(value: Any, key: str = "", source: str = "config") -> None:
     key : str
         Dotted key of ``value`` (list items are written ``key[i]``).
     source : str
-        Prefix of the error message (the file).
+        Prefix of the error message (the file); none when empty.
 
     Raises
     ------
@@ -615,7 +615,8 @@ def check_finite(value: Any, key: str = "", source: str = "config") -> None:
         ``"<source>: <key>: nan is not a finite number, expected a finite number"``.
     """
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{source}: {key or '(top level)'}: {value} is not a finite number, "
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{key or '(top level)'}: {value} is not a finite number, "
                           "expected a finite number")
     if isinstance(value, dict):
         for k, v in value.items():

@@ -108,7 +108,8 @@ def test_sub_mapping_axis_replaces_the_section_and_rules_can_look_inside():
 
 def test_cell_ids_are_stable_safe_and_track_the_config(tmp_path: Path):
     axes = {"attack.name": ["none", "dvfsr"], "attack.fraction": [0.01, 0.05],
-            "defense": [{"name": "trimmed_mean", "params": {"beta": 0.1}}, {"name": "a b/c:*"}]}
+            "defense": [{"name": "trimmed_mean", "params": {"beta": 0.1}},
+                        {"name": "mean", "params": {"tag": "a b/c:*"}}]}
     ids = [c.cell_id for c in grid(axes).cells()]
     assert ids == [c.cell_id for c in grid(axes).cells()]
     for cid in ids:
@@ -143,6 +144,57 @@ def test_bad_axis_is_a_one_line_config_error_naming_it(axes, named):
     assert named in msg
 
 
+def write_grid(tmp_path: Path, raw: dict | str) -> Path:
+    path = tmp_path / "g.yaml"
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("axes, named", [
+    ({"attack.name": ["none", "dvfrs"]},
+     "axes.attack.name: unknown attack 'dvfrs' (did you mean 'dvfsr'?); valid names: "),
+    ({"defense": [{"name": "mean"}, {"name": "meen"}]},
+     "axes.defense: defense.name: unknown defense 'meen' (did you mean 'mean'?)"),
+    ({"defense.name": ["median", "krumm"]}, "axes.defense.name: unknown defense 'krumm'"),
+    ({"model.name": ["sasrek"]}, "axes.model.name: unknown model 'sasrek'"),
+    ({"seed": [0, -1]}, "axes.seed: Input should be greater than or equal to 0 (got -1)"),
+    ({"federation.server_betas": [[0.9, 1.0]]}, "axes.federation.server_betas[1]: "),
+    ({"attack.params.x": [float("nan")]}, "axes.attack.params.x: nan is not a finite number"),
+    ({"defense": [{"name": "mean", "nme": 1}]}, "unknown config key 'defense.nme'"),
+    ({"federation.epochs": ["two"]}, "axes.federation.epochs: Input should be a valid integer"),
+])
+def test_bad_axis_value_fails_at_load_grid_naming_axis_and_value(tmp_path, axes, named):
+    path = write_grid(tmp_path, {"base": BASE, "axes": axes})
+    with pytest.raises(ConfigError) as info:
+        load_grid(path)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: axes.")
+    assert named in msg, msg
+
+
+def test_bad_include_or_exclude_value_fails_at_parse():
+    with pytest.raises(ConfigError, match=r"g.yaml: include\[1\]: attack.name: unknown attack "
+                                          r"'dvfrs' \(did you mean 'dvfsr'\?\)"):
+        grid({"seed": [0]}, include=[{"seed": 0, "attack.name": "none"},
+                                     {"seed": 1, "attack.name": "dvfrs"}])
+    with pytest.raises(ConfigError, match=r"g.yaml: exclude\[0\]: defense.name: unknown defense"):
+        grid({"defense.name": ["mean"]}, exclude=[{"defense.name": "meen"}])
+
+
+def test_unknown_name_in_base_fails_at_load_grid(tmp_path):
+    path = write_grid(tmp_path, {"base": {**BASE, "attack": {"name": "dvfrs"}}})
+    with pytest.raises(ConfigError, match=r": base: attack.name: unknown attack 'dvfrs'"):
+        load_grid(path)
+
+
+def test_duplicate_key_in_grid_file_names_key_and_line(tmp_path):
+    path = write_grid(tmp_path, "base:\n  mode: federated\naxes:\n  seed: [0, 1]\n"
+                                "  attack.name: [none]\n  seed: [2]\n")
+    with pytest.raises(ConfigError) as info:
+        load_grid(path)
+    assert str(info.value).startswith(f"{path}:6: duplicate key 'seed' (first given on line 4)")
+
+
 def test_free_form_params_keys_are_accepted():
     assert check_key("attack.params.repeats", "x") == "attack.params.repeats"
     g = grid({"defense.params.beta": [0.1, 0.2]},
@@ -157,9 +209,12 @@ def test_other_one_line_errors():
         grid({"attack.name": ["none"]}, exclude=[{"attack.scale": 2.0}])
     with pytest.raises(ConfigError, match=r"g.yaml: base: unknown key 'federation.epoch'"):
         grid(base={"federation": {"epoch": 2}})
-    with pytest.raises(ConfigError,
-                       match=r"cell attack-none__fraction-2__[0-9a-f]{8}: attack.fraction"):
-        grid({"attack.name": ["none"], "attack.fraction": [2]}).cells()
+    with pytest.raises(ConfigError, match=r"g.yaml: axes.attack.fraction: Input should be less "
+                                          r"than 1 \(got 2\)"):
+        grid({"attack.name": ["none"], "attack.fraction": [2]})  # one value: at parse time
+    with pytest.raises(ConfigError,  # values valid alone, not together: when the cell is built
+                       match=r"cell attack-dvfsr__fraction-0.0__[0-9a-f]{8}: attack.fraction"):
+        grid({"attack.name": ["dvfsr"], "attack.fraction": [0.0]}).cells()
     with pytest.raises(ConfigError, match=r"federation.engine='flower' cannot run inside"):
         grid({"federation.engine": ["flower"]}).cells()
     with pytest.raises(ConfigError, match=r"grid file not found \(bundled grids: .*quickstart"):

@@ -34,19 +34,22 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import itertools
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fedrec.config import (
     ExperimentConfig,
     apply_overrides,
+    check_component_name,
+    check_finite,
     read_yaml,
     set_key_path,
     validate_config,
@@ -115,6 +118,70 @@ def check_key(key: Any, where: str) -> str:
                                   f"({'.'.join(parts[: i + 1])!r} is not a section)")
             cls = fld.annotation
     return key
+
+
+#: Keys whose values must be registered names (see :func:`fedrec.config.check_component_name`).
+_NAME_KEYS = {"attack.name": "attack", "defense.name": "defense", "model.name": "model"}
+
+
+def _field_at(key: str) -> Any:
+    """The schema field of dotted ``key`` (already checked by :func:`check_key`), or None when
+    ``key`` lies inside a free-form mapping."""
+    cls: Any = ExperimentConfig
+    fld = None
+    for part in key.split("."):
+        if cls is None:
+            return None
+        fld = cls.model_fields[part]
+        if _is_free_mapping(fld.annotation) and part != key.split(".")[-1]:
+            return None
+        cls = fld.annotation if _is_section(fld.annotation) else None
+    return fld
+
+
+@functools.cache
+def _adapter(key: str) -> TypeAdapter:
+    """A validator of one leaf field's values: its type and range constraints."""
+    fld = _field_at(key)
+    return TypeAdapter(Annotated[(fld.annotation, *fld.metadata)] if fld.metadata
+                       else fld.annotation)
+
+
+def check_value(key: str, value: Any) -> None:
+    """Check one value of dotted config key ``key`` on its own, as a grid assigns it.
+
+    Checked: finiteness of every number, the field's type and range, registered names
+    (``attack.name``, ``defense.name``, ``model.name``), and, for a whole section given as a
+    mapping (``defense: {name: krum}``), each of its keys the same way. Rules that relate
+    several keys (e.g. ``federation.epochs``/``rounds``) are left to the cell's validation,
+    since other axes or ``include`` rules may complete the cell.
+
+    Raises
+    ------
+    ConfigError
+        ``"<dotted key>: <what is wrong>"``.
+    """
+    check_finite(value, key, "")
+    fld = _field_at(check_key(key, "grid"))
+    if fld is None or _is_free_mapping(fld.annotation):
+        return
+    if _is_section(fld.annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {key} keys (got {value!r})")
+        for sub, v in value.items():
+            check_value(check_key(f"{key}.{sub}", "grid"), v)
+        return
+    try:
+        _adapter(key).validate_python(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = key + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        raise ConfigError(f"{where}: {err['msg']} (got {err['input']!r})") from None
+    if key in _NAME_KEYS:
+        try:
+            check_component_name(_NAME_KEYS[key], value)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str = "grid") -> None:
@@ -463,6 +530,15 @@ def parse_grid(raw: dict[str, Any], source: str = "grid", base_dir: Path | None 
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{source}: axes.{key}: expected a non-empty list of values "
                               f"(got {values!r})")
+        for value in values:
+            try:
+                check_value(key, value)
+            except ConfigError as exc:
+                # "<key>: ..." or "<key>[i]: ..." as is; a key inside a section value after it
+                msg = str(exc)
+                if not msg.startswith((f"{key}: ", f"{key}[")):
+                    msg = f"{key}: {msg}"
+                raise ConfigError(f"{source}: axes.{msg}") from None
         axes[key] = values
     for i, a in enumerate(axes):
         for b in list(axes)[i + 1:]:
@@ -485,6 +561,13 @@ def parse_grid(raw: dict[str, Any], source: str = "grid", base_dir: Path | None 
             check_key(key, f"{source}: include")
             if key in ("name", "output_dir"):
                 raise ConfigError(f"{source}: include: {key!r} cannot be set per cell")
+    for what, rules in (("exclude", grid.exclude), ("include", grid.include)):
+        for i, rule in enumerate(rules):
+            try:
+                for key, value in rule.items():
+                    check_value(key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {what}[{i}]: {exc}") from None
     return grid
 
 
