@@ -128,14 +128,14 @@ def _field_at(key: str) -> Any:
     """The schema field of dotted ``key`` (already checked by :func:`check_key`), or None when
     ``key`` lies inside a free-form mapping."""
     cls: Any = ExperimentConfig
+    parts = key.split(".")
     fld = None
-    for part in key.split("."):
-        if cls is None:
-            return None
+    for i, part in enumerate(parts):
         fld = cls.model_fields[part]
-        if _is_free_mapping(fld.annotation) and part != key.split(".")[-1]:
-            return None
-        cls = fld.annotation if _is_section(fld.annotation) else None
+        if i < len(parts) - 1:
+            if not _is_section(fld.annotation):  # below a free-form mapping
+                return None
+            cls = fld.annotation
     return fld
 
 
