@@ -32,6 +32,7 @@ embedding vector):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -49,11 +50,12 @@ from attacks.common import (
     random_histories,
     targets_of,
 )
-from attacks.registry import register, register_alias
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig, Update
 from fedrec.data.batching import pad_left, to_tensor
 from fedrec.models import SequentialRecommender
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 #: Tag of the approximated users' random stream.
 STREAM_TAG = 0xA4A
@@ -92,7 +94,6 @@ def mine_hard_users(model: SequentialRecommender, seqs: torch.Tensor, emb: torch
     return x
 
 
-@register
 class ApproximatedUsersAttack(Attack):
     """A-hum (``mining_steps > 0``) / A-ra (``mining_steps = 0``); see module docstring.
 
@@ -153,6 +154,3 @@ class ApproximatedUsersAttack(Attack):
 
         params, loss = loss_update(model, global_params, loss_fn, rc)
         return Update(params, account_examples(threat, client_id), {"loss": loss})
-
-
-register_alias("a_ra", "a_hum", mining_steps=0)

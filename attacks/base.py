@@ -18,15 +18,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig, Update, client_update
 from fedrec.data.random import stream_key
 from fedrec.models import SequentialRecommender
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 #: Tag mixed into the torch seed of an attacker's computation.
 TORCH_STREAM_TAG = 0x7A77AC

@@ -19,17 +19,20 @@ consumed, so an update is the same in the local engine and in a Flower ClientApp
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig, num_examples
 from fedrec.data.batching import pad_left, to_tensor
 from fedrec.errors import ConfigError
 from fedrec.models import SequentialRecommender
 from fedrec.models.base import load_params
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[SequentialRecommender, int], torch.Tensor]

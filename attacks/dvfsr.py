@@ -58,6 +58,7 @@ With several targets, losses and probabilities are averaged over the targets.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -76,10 +77,11 @@ from attacks.common import (
     sample_items_outside,
     targets_of,
 )
-from attacks.registry import register, register_alias
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig, Update
 from fedrec.models import SequentialRecommender
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 #: Tag of DV-FSR's random stream (negatives of the implicit view).
 STREAM_TAG = 0xD7F5
@@ -287,7 +289,6 @@ def dvfsr_loss(
     return loss, info
 
 
-@register
 class DVFSR(Attack):
     """DV-FSR (see module docstring).
 
@@ -370,13 +371,6 @@ class DVFSR(Attack):
         params, loss = loss_update(model, global_params, loss_fn, rc)
         return Update(params, account_examples(threat, client_id), {"loss": loss, **info})
 
-
-register_alias("s_fsr", "dvfsr", implicit_weight=0.0)
-register_alias("c_fsr", "dvfsr", explicit_weight=0.0)
-# The reference code's effective objective: its substitution step (``Substitute`` in
-# USTCAGI/DV-FSR) leaves the CE(target) gradient of the last search in the model's parameter
-# gradients, so it is uploaded too.
-register_alias("dvfsr_ref", "dvfsr", leak_substitution_grad=True)
 
 __all__ = ["DVFSR", "contrastive_loss", "dvfsr_loss", "implicit_loss", "importance_scores",
            "substitute", "target_probability"]

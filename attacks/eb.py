@@ -21,13 +21,16 @@ The update is the benign update function on that profile (FedSGD gradient or Fed
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from attacks.base import DataPoisoningAttack
 from attacks.common import account_history, profile_rng, sample_lengths, targets_of
-from attacks.registry import register
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 #: Tag of EB's profile stream (lengths of ``repeat`` profiles).
 PROFILE_TAG = 0xEB
@@ -50,7 +53,6 @@ def boosted_profile(history: np.ndarray, targets: np.ndarray, profile: str, leng
     raise ValueError(f"profile={profile!r}: expected 'append' or 'repeat'")
 
 
-@register
 class ExplicitBoosting(DataPoisoningAttack):
     """EB (see module docstring).
 

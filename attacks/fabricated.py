@@ -30,6 +30,8 @@ The reported ``num_examples`` is the benign count of the fabricated sequence (``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from attacks.base import DataPoisoningAttack
@@ -41,9 +43,10 @@ from attacks.common import (
     sample_lengths,
     targets_of,
 )
-from attacks.registry import register
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 #: Tag of the fake-profile random stream.
 PROFILE_TAG = 0xFA4E
@@ -123,7 +126,6 @@ class FakeProfileAttack(DataPoisoningAttack):
         return place_target(prefix, targets, self.target_position, rng)
 
 
-@register
 class RandomAttack(FakeProfileAttack):
     """RA: random items + target (see module docstring)."""
 
@@ -133,7 +135,6 @@ class RandomAttack(FakeProfileAttack):
         return random_profile(rng, n_items, targets, n_fill)
 
 
-@register
 class PopularAttack(FakeProfileAttack):
     """Popular items + target (needs ``attack.knowledge.popularity``)."""
 
@@ -144,7 +145,6 @@ class PopularAttack(FakeProfileAttack):
         return popular_profile(rng, require_popularity(threat, self.name), n_items, targets, n_fill)
 
 
-@register
 class BandwagonAttack(FakeProfileAttack):
     """Target + a share of popular items + random fillers (needs popularity).
 

@@ -28,6 +28,7 @@ upload to ``max_norm``. ``num_examples`` is the account history's benign count.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,10 +46,11 @@ from attacks.common import (
     restrict_item_rows,
     targets_of,
 )
-from attacks.registry import register
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig, Update
 from fedrec.models import SequentialRecommender
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 #: Tag of FedRecAttack's random stream (which approximated users are used).
 STREAM_TAG = 0xFEDA
@@ -100,7 +102,6 @@ def upload_rows(update: Mapping[str, torch.Tensor], item_names: tuple[str, ...],
     return np.concatenate([np.asarray(targets, dtype=np.int64), mine.astype(np.int64)])
 
 
-@register
 class FedRecAttack(Attack):
     """FedRecAttack (see module docstring).
 

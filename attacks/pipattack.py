@@ -29,6 +29,7 @@ Loss of a malicious client (model poisoning, upload = ``∇θ L`` or the FedAvg 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,10 +47,11 @@ from attacks.common import (
     require_popularity,
     targets_of,
 )
-from attacks.registry import register
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig, Update, client_update
 from fedrec.models import SequentialRecommender
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 
 def popularity_levels(counts: np.ndarray, n_items: int, n_levels: int) -> np.ndarray:
@@ -96,7 +98,6 @@ def project_to_ball(update: Mapping[str, torch.Tensor], center: Mapping[str, tor
     return {n: center[n] + diff[n] * f for n in update}
 
 
-@register
 class PipAttack(Attack):
     """PipAttack (see module docstring).
 

@@ -26,6 +26,7 @@ Our reading, adapted to sequential models:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -41,11 +42,12 @@ from attacks.common import (
     random_histories,
     targets_of,
 )
-from attacks.registry import register
-from attacks.threat import ThreatModel
 from clients.update import RoundConfig, Update
 from fedrec.data.batching import pad_left, to_tensor
 from fedrec.models import SequentialRecommender
+
+if TYPE_CHECKING:
+    from attacks.threat import ThreatModel
 
 #: Tag of PSMU's random stream (synthetic users).
 STREAM_TAG = 0x9504
@@ -77,7 +79,6 @@ def psmu_loss(model: SequentialRecommender, seqs: torch.Tensor, targets: torch.T
     return loss
 
 
-@register
 class PSMU(Attack):
     """PSMU (see module docstring).
 

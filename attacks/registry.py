@@ -1,35 +1,52 @@
 """Registry of attacks: name → class, named configurations, and construction from the config.
 
-Besides classes (``register``), the registry holds *aliases*: a name that builds a registered
-class with some parameters fixed (``s_fsr`` = ``dvfsr`` with ``implicit_weight: 0``). Every
-attack module is imported at the bottom of this file, so :func:`build_attack` sees all of them.
+:data:`ATTACKS` is the explicit table of every attack class (the registry idiom of
+:mod:`fedrec.registry`: add an attack by importing its class here and listing it; attack modules
+never import this one). :data:`ALIASES` holds named configurations: a name that builds a
+registered class with some parameters fixed (``s_fsr`` = ``dvfsr`` with ``implicit_weight: 0``).
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
+from attacks.approx_users import ApproximatedUsersAttack
 from attacks.base import Attack, NoAttack
+from attacks.dvfsr import DVFSR
+from attacks.eb import ExplicitBoosting
+from attacks.fabricated import BandwagonAttack, PopularAttack, RandomAttack
+from attacks.fedrecattack import FedRecAttack
+from attacks.pipattack import PipAttack
+from attacks.psmu import PSMU
 from fedrec.errors import ConfigError
+from fedrec.registry import keyword_schema, lookup, suggestion, unknown_name
 
-ATTACKS: dict[str, type[Attack]] = {NoAttack.name: NoAttack}
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls
+    for cls in (
+        NoAttack,
+        DVFSR,
+        RandomAttack,
+        PopularAttack,
+        BandwagonAttack,
+        ExplicitBoosting,
+        PipAttack,
+        FedRecAttack,
+        ApproximatedUsersAttack,
+        PSMU,
+    )
+}
 
 #: alias → (registered class name, fixed parameters)
-ALIASES: dict[str, tuple[str, dict[str, Any]]] = {}
-
-
-def register(cls: type[Attack]) -> type[Attack]:
-    """Class decorator adding an attack to :data:`ATTACKS`."""
-    ATTACKS[cls.name] = cls
-    return cls
-
-
-def register_alias(alias: str, base: str, **fixed: Any) -> None:
-    """Register ``alias`` as attack ``base`` with parameters ``fixed`` (which users cannot set)."""
-    if base not in ATTACKS:
-        raise KeyError(f"alias {alias!r}: unknown base attack {base!r}")
-    ALIASES[alias] = (base, dict(fixed))
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "s_fsr": ("dvfsr", {"implicit_weight": 0.0}),  # DV-FSR's explicit part only
+    "c_fsr": ("dvfsr", {"explicit_weight": 0.0}),  # DV-FSR's implicit part only
+    # The reference code's effective objective: its substitution step (``Substitute`` in
+    # USTCAGI/DV-FSR) leaves the CE(target) gradient of the last search in the model's
+    # parameter gradients, so it is uploaded too.
+    "dvfsr_ref": ("dvfsr", {"leak_substitution_grad": True}),
+    "a_ra": ("a_hum", {"mining_steps": 0}),  # A-ra: A-hum without hard-user mining
+}
 
 
 def attack_names() -> list[str]:
@@ -49,8 +66,8 @@ def resolve(name: str) -> tuple[type[Attack], dict[str, Any]]:
         base, fixed = ALIASES[name]
         return ATTACKS[base], dict(fixed)
     if name not in ATTACKS:
-        raise ConfigError(f"attack.name={name!r}: expected one of {', '.join(attack_names())}")
-    return ATTACKS[name], {}
+        raise unknown_name("attack.name", name, attack_names())
+    return lookup(ATTACKS, name, "attack.name"), {}
 
 
 def required_knowledge(name: str) -> tuple[str, ...]:
@@ -61,14 +78,8 @@ def required_knowledge(name: str) -> tuple[str, ...]:
 
 
 def attack_params(cls: type[Attack]) -> list[str]:
-    """Keyword parameters an attack accepts."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                    names.append(p.name)
-    return names
+    """Keyword parameters an attack accepts (its constructor's keywords over the MRO)."""
+    return list(keyword_schema(cls))
 
 
 def build_attack(name: str, params: dict[str, Any], scale: float = 1.0) -> Attack:
@@ -86,23 +97,12 @@ def build_attack(name: str, params: dict[str, Any], scale: float = 1.0) -> Attac
             raise ConfigError(f"attack.params.{key}: fixed to {fixed[key]!r} by {name!r} "
                               f"(use the base attack {ALIASES[name][0]!r} to change it)")
         if key not in allowed:
-            raise ConfigError(f"attack.params.{key}: not a parameter of {name} "
-                              f"(accepted: {', '.join(a for a in allowed if a != 'scale')})")
+            raise ConfigError(f"attack.params.{key}: not a parameter of {name}"
+                              f"{suggestion(key, allowed)} (accepted: "
+                              f"{', '.join(a for a in allowed if a != 'scale')})")
     try:
         attack = cls(scale=scale, **{**params, **fixed})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"attack.params: {exc}") from None
     attack.name = name  # type: ignore[misc]  # an alias reports its own name
     return attack
-
-
-# Attack modules register themselves on import (cheap: torch/numpy are already loaded).
-from attacks import (  # noqa: E402,F401  (imported for registration)
-    approx_users,
-    dvfsr,
-    eb,
-    fabricated,
-    fedrecattack,
-    pipattack,
-    psmu,
-)
