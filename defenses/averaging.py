@@ -75,6 +75,8 @@ class Sum(_Linear):
     """
 
     name = "sum"
+    consensus = False  # n identical updates sum to n times the update
+    idempotent = False
 
     def coefficients(self, weights: Tensor) -> Tensor:
         """Return ones (float64)."""

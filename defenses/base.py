@@ -105,7 +105,22 @@ class Defense(ABC):
     """
 
     name: ClassVar[str]
+    #: the result is ``sum_i c_i * update_i`` with :meth:`coefficients` (engines may then
+    #: combine benign updates in one pass)
     linear: ClassVar[bool] = False
+
+    # Traits: the generic property tests (tests/test_defenses_properties.py) read these to
+    # decide which properties a rule must satisfy; a new rule states them and is covered.
+    #: positively homogeneous: scaling every update (and the root update) by ``c > 0`` scales
+    #: the result by ``c`` (False for rules with a fixed radius or threshold in update units)
+    homogeneous: ClassVar[bool] = True
+    #: ``n`` identical updates aggregate to that update
+    consensus: ClassVar[bool] = True
+    #: aggregating ``n`` copies of the rule's own result gives that result back
+    idempotent: ClassVar[bool] = True
+    #: aggregates each item row over the clients whose update touches it, so on sparse rows
+    #: the per-client ``info`` is not a permutation-equivariant function of the clients alone
+    rowwise: ClassVar[bool] = False
 
     def coefficients(self, weights: Tensor) -> Tensor:
         """Per-client coefficients of a linear rule (``result = sum_i c_i * update_i``).

@@ -66,6 +66,7 @@ class NormBound(Defense):
     """
 
     name = "norm_bound"
+    homogeneous = False  # fixed radius tau
 
     def __init__(self, tau: float) -> None:
         self.tau = _check_tau(self.name, tau)
@@ -132,6 +133,8 @@ class CenteredClipping(Defense):
     """
 
     name = "centered_clipping"
+    homogeneous = False  # fixed radius tau
+    idempotent = False
 
     def __init__(self, tau: float, iters: int = 1, momentum: float = 0.0) -> None:
         self.tau = _check_tau(self.name, tau)

@@ -76,6 +76,9 @@ class HiCS(Defense):
     """
 
     name = "hics"
+    homogeneous = False  # fixed item radius tau_item
+    idempotent = False
+    rowwise = True
 
     def __init__(
         self,

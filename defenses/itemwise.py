@@ -229,6 +229,8 @@ def make_row_norm_bound(tau: float) -> RowFn:
 class _ItemWise(Defense):
     """Shared driver: item tables through a row rule, other params through ``_dense``."""
 
+    rowwise = True
+
     def _row_fn(self, n: int) -> RowFn:
         raise NotImplementedError
 
@@ -373,6 +375,7 @@ class ItemwiseNormBound(_ItemWise):
     """
 
     name = "itemwise_norm_bound"
+    homogeneous = False  # fixed radius tau
 
     def __init__(self, tau: float, tau_other: float | None = None) -> None:
         for field, value in (("tau", tau), ("tau_other", tau_other)):

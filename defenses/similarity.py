@@ -224,6 +224,8 @@ class Flame(Defense):
     """
 
     name = "flame"
+    consensus = False  # adds noise to the result
+    idempotent = False
 
     def __init__(self, noise_factor: float = 0.01) -> None:
         if isinstance(noise_factor, bool) or not isinstance(noise_factor, int | float) or not (
@@ -275,6 +277,8 @@ class FoolsGold(Defense):
     """
 
     name = "foolsgold"
+    consensus = False  # identical updates are perfect sybils: all weights 0
+    idempotent = False
 
     def __init__(
         self, kappa: float = 1.0, sketch_dim: int | None = None, sketch_seed: int = 0

@@ -15,26 +15,20 @@ from hypothesis import strategies as st
 
 from defenses import DEFENSES, AggregationContext, build_defense
 from defenses.testing import ITEM_KEY, example_params, make_context, random_stacked
+from example_rules import EXAMPLE_RULES
 
-ALL = sorted(DEFENSES)
-
-# Rules whose result is unchanged by scaling all updates (and the root update) by c > 0
-# beyond the factor c itself. Excluded: fixed-radius clipping (norm_bound, centered_clipping,
-# itemwise_norm_bound, hics) and FoolsGold only because its history is state (checked below
-# with fresh instances it is homogeneous too).
-HOMOGENEOUS = [
-    "mean", "unweighted_mean", "sum", "median", "trimmed_mean", "krum", "multi_krum", "bulyan",
-    "geometric_median", "dvfsr_hybrid", "flame", "foolsgold", "fltrust", "itemwise_median",
-    "itemwise_trimmed_mean", "itemwise_krum",
-]
-
-# Rules that return the common update when all clients send the same update (with the
-# example_params radii, which do not bind on unit-scale data). Exceptions are tested below.
-CONSENSUS = [n for n in ALL if n not in ("sum", "foolsgold", "flame")]
+# Every registered rule, plus the tests' example rules (tests/example_rules.py: a rule added
+# the way docs/contributing.md says is covered here with nothing else to write). Which
+# properties a rule must satisfy comes from its traits (defenses.base.Defense).
+RULES = {**DEFENSES, **EXAMPLE_RULES}
+ALL = sorted(RULES)
+HOMOGENEOUS = [n for n in ALL if RULES[n].homogeneous]
+CONSENSUS = [n for n in ALL if RULES[n].consensus]
+IDEMPOTENT = [n for n in ALL if RULES[n].idempotent]
 
 
 def _build(name: str, n: int):
-    return build_defense(name, example_params(name, n))
+    return RULES[name](**example_params(name, n))
 
 
 def _weights(n: int, seed: int) -> torch.Tensor:
@@ -76,7 +70,7 @@ def test_permutation_invariance(name, seed, perm_seed):
     permuted = {k: v[perm] for k, v in stacked.items()}
     out2, info2 = _build(name, n)(permuted, w[perm], make_context(permuted, client_ids=ids[perm]))
     _close(out1, out2)
-    if not name.startswith(("itemwise", "hics")):
+    if not RULES[name].rowwise:
         # per-client info on dense data (no tied values, whose attribution is arbitrary)
         stacked = random_stacked(n, seed=seed, n_rows=0)
         permuted = {k: v[perm] for k, v in stacked.items()}
@@ -127,9 +121,6 @@ def test_identical_updates_exceptions():
     assert all(torch.count_nonzero(v) == 0 for v in out.values())
 
 
-IDEMPOTENT = [n for n in CONSENSUS if n not in ("centered_clipping", "hics")]
-
-
 @pytest.mark.parametrize("name", IDEMPOTENT)
 def test_idempotent(name):
     """Aggregating n copies of the rule's own output returns that output."""
@@ -177,7 +168,7 @@ def test_state_round_trip(name):
         assert torch.equal(expected[k], got[k])
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if DEFENSES[n].linear])
+@pytest.mark.parametrize("name", [n for n in ALL if RULES[n].linear])
 def test_linear_rules_match_coefficients(name):
     n = 7
     stacked = random_stacked(n, seed=12)
