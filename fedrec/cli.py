@@ -12,18 +12,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from fedrec.cli_datasets import app as datasets_app
 from fedrec.errors import FedRecError
 from fedrec.logs import setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedrec: federated sequential recommendation security lab.")
 
-try:
-    from fedrec.cli_datasets import app as datasets_app
-
-    app.add_typer(datasets_app, name="datasets")
-except ImportError:  # pragma: no cover - only while the module is being written
-    pass
+app.add_typer(datasets_app, name="datasets")
 
 
 @app.callback()
