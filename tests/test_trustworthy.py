@@ -216,3 +216,24 @@ def test_fast_path_falls_back_when_an_update_is_not_finite(tmp_path, monkeypatch
     recs = RunDir(tmp_path / "r").read_metrics()
     assert sum(r["train/dropped"] for r in recs) == 3
     assert sum(r["train/refused"] for r in recs) == 0
+
+
+def test_a_nonfinite_grid_cell_is_failed_in_the_table_and_the_report(tmp_path):
+    from fedrec.bench.execute import run_grid
+    from fedrec.bench.grid import parse_grid
+    from fedrec.bench.report import render_report
+    from fedrec.bench.table import build_table
+
+    base = dict(FED, attack={"name": "dvfsr", "fraction": 0.05},
+                federation=dict(FED["federation"], epochs=1))
+    grid = parse_grid({"name": "nan", "base": base, "axes": {"attack.scale": [1.0, 1e30]}}, "g.yaml")
+    outcome = run_grid(grid, grid.cells(), tmp_path, address="inline", progress=False)
+    assert outcome.finished == 1 and len(outcome.failed) == 1
+    assert "not finite" in outcome.failed[0][1]
+    df = build_table(tmp_path)
+    bad = df[df["cell_id"] == outcome.failed[0][0]]
+    assert set(bad["status"]) == {"failed"}
+    assert not ((bad["split"] == "test") & bad["metric"].str.startswith("HR")).any()
+    report = render_report(tmp_path, df, plots=False).read_text()
+    failed_part = report[report.index("ailed"):]
+    assert outcome.failed[0][0] in failed_part and "not finite" in failed_part
