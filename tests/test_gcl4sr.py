@@ -202,6 +202,87 @@ def test_mmd_per_sequence_ignores_padding_and_matches_a_direct_computation():
         torch.testing.assert_close(out[b], direct, rtol=1e-4, atol=1e-6)
 
 
+# Slow reference of the MMD losses: the autograd formulation they had before the blockwise
+# custom backward (kept here only to pin the fast one).
+def _ref_sq_dists(z):
+    sq = (z * z).sum(-1)
+    d2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (z @ z.transpose(-1, -2))).clamp_min(0)
+    return d2 * (1 - torch.eye(z.shape[-2], dtype=z.dtype))
+
+
+def _ref_kernel_sum(d2, base, n_kernels, mul):
+    base = base.clamp_min(1e-12) / (mul ** (n_kernels // 2))
+    out = torch.zeros_like(d2)
+    for i in range(n_kernels):
+        out = out + torch.exp(-d2 / (base * mul**i))
+    return out
+
+
+def _ref_mmd_per_sequence(x, y, mask, n_kernels=1, bandwidth=None, mul=2.0):
+    m = mask.to(x.dtype)
+    z, mz = torch.cat([x, y], dim=1), torch.cat([m, m], dim=1)
+    pair = mz.unsqueeze(-1) * mz.unsqueeze(-2)
+    d2 = _ref_sq_dists(z) * pair
+    cnt = m.sum(-1)
+    if bandwidth is None:
+        n2 = 2 * cnt
+        base = (d2.sum((-1, -2)) / (n2 * n2 - n2).clamp_min(1)).detach()
+    else:
+        base = torch.full_like(cnt, float(bandwidth))
+    k = _ref_kernel_sum(d2, base[:, None, None], n_kernels, mul) * pair
+    L, denom = x.shape[1], (cnt * cnt).clamp_min(1)
+    blocks = [k[:, :L, :L], k[:, L:, L:], k[:, :L, L:], k[:, L:, :L]]
+    kxx, kyy, kxy, kyx = (b.sum((-1, -2)) / denom for b in blocks)
+    return kxx + kyy - kxy - kyx
+
+
+def _ref_mmd_across_batch(x, y, n_kernels=5, bandwidth=None, mul=2.0):
+    z = torch.cat([x, y], dim=0)
+    d2 = _ref_sq_dists(z)
+    n = len(z)
+    base = (d2.sum() / max(n * n - n, 1)).detach() if bandwidth is None else torch.tensor(
+        float(bandwidth), dtype=z.dtype)
+    k = _ref_kernel_sum(d2, base, n_kernels, mul)
+    b = len(x)
+    return (k[:b, :b] + k[b:, b:] - k[:b, b:] - k[b:, :b]).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kernels,bandwidth", [(1, None), (5, None), (1, 3.0)])
+def test_blockwise_mmd_matches_the_autograd_reference_in_value_and_gradient(
+        dtype, kernels, bandwidth, monkeypatch):
+    import fedrec.baselines.gcl4sr.losses as losses
+
+    monkeypatch.setattr(losses, "_MMD_BLOCK", 1000)  # several blocks of rows
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(40, 9, 5, generator=g, dtype=dtype)
+    y = 0.7 * torch.randn(40, 9, 5, generator=g, dtype=dtype) + 0.2
+    x[:, 4] = x[:, 6]  # repeated items: zero distances off the diagonal
+    mask = torch.rand(40, 9, generator=g) < 0.6
+    mask[:, -1] = True
+    x, y = x * mask.unsqueeze(-1), y * mask.unsqueeze(-1)
+    w = torch.randn(40, generator=g, dtype=dtype)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else \
+        {"rtol": 2e-5, "atol": 1e-6}
+    outs = []
+    for fn in (_ref_mmd_per_sequence, mmd_per_sequence):
+        xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = fn(xx, yy, mask, kernels, bandwidth)
+        (out * w).sum().backward()
+        outs.append((out.detach(), xx.grad, yy.grad))
+    for ref, fast in zip(*outs):
+        torch.testing.assert_close(fast, ref, **tol)
+    xs, ys = x[:, :, 0], y[:, :, 0] + 0.3
+    outs = []
+    for fn in (_ref_mmd_across_batch, mmd_across_batch):
+        xx, yy = xs.clone().requires_grad_(), ys.clone().requires_grad_()
+        out = fn(xx, yy, kernels, bandwidth)
+        out.backward()
+        outs.append((out.detach(), xx.grad, yy.grad))
+    for ref, fast in zip(*outs):
+        torch.testing.assert_close(fast, ref, **tol)
+
+
 # ------------------------------------------------------------------------------------ data
 def test_prefix_expansion_by_hand():
     users, inputs, targets = expand_prefixes([np.array([5, 6, 7]), np.array([8, 9]), np.array([4])],
@@ -339,6 +420,22 @@ def test_loss_is_the_weighted_sum_of_the_exposed_terms():
     torch.testing.assert_close(model.loss(batch), total)  # dropout 0: deterministic
     torch.testing.assert_close(model.row_losses(batch).mean(), total)
     assert model.row_losses(batch).shape == (len(targets),)
+
+
+def test_main_loss_over_items_1_to_n_equals_the_softmax_with_a_masked_padding_column():
+    # the model leaves column 0 out of the softmax; the former code set it to -inf
+    model, seqs = _toy(lam1=0.0, lam2=0.0)
+    model.double()
+    users, inputs, targets = expand_prefixes(seqs[:6], model.max_len)
+    batch = model.make_batch(users, inputs, targets, key=5)
+    main = model.row_terms(batch)["main"]
+    grad = torch.autograd.grad(main.sum(), model.item_emb.weight)[0]
+    logits = model.forward_parts(batch)["M"] @ model.item_embeddings().T
+    logits[:, 0] = float("-inf")
+    ref = F.cross_entropy(logits, batch["targets"], reduction="none")
+    torch.testing.assert_close(main, ref, rtol=1e-12, atol=1e-12)
+    ref_grad = torch.autograd.grad(ref.sum(), model.item_emb.weight)[0]
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
 def test_prepare_batch_expands_every_prefix():

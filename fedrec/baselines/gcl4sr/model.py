@@ -487,9 +487,10 @@ class GCL4SR(SequentialRecommender):
         """
         parts = self.forward_parts(batch)
         mask = parts["mask"]
-        logits = self.out_drop(parts["M"]) @ self.item_embeddings().T
-        logits[:, 0] = float("-inf")
-        terms = {"main": F.cross_entropy(logits, batch["targets"], reduction="none")}
+        # softmax over the real items 1..n (column 0 left out rather than set to -inf, which
+        # would cost an extra [B, n_items + 1] copy in the backward)
+        logits = self.out_drop(parts["M"]) @ self.item_embeddings()[1:].T
+        terms = {"main": F.cross_entropy(logits, batch["targets"] - 1, reduction="none")}
         zeros = logits.new_zeros(len(logits))
         if self.lam1 > 0:
             m = mask.unsqueeze(-1).to(logits.dtype)
