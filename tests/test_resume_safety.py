@@ -53,6 +53,9 @@ def test_a_planted_checkpoint_is_refused_without_running_it(tmp_path):
         pickle.dump({"trainer": _Planted(marker)}, fh, protocol=pickle.HIGHEST_PROTOCOL)
     with pytest.raises(FedRecError, match="refused to load"):
         run.load_checkpoint()
+    torch.save({"trainer": _Planted(marker)}, run.checkpoint_path)  # a torch-format file
+    with pytest.raises(FedRecError, match="refused to load: the checkpoint names .*system"):
+        run.load_checkpoint()
     assert not marker.exists()
 
 
@@ -64,8 +67,7 @@ def test_resume_of_a_planted_checkpoint_is_one_line_exit_2(tmp_path):
     assert res.exit_code == 0, res.output
     marker = tmp_path / "pwned"
     (out / "summary.json").unlink()
-    with open(out / "checkpoint.pt", "wb") as fh:
-        pickle.dump({"trainer": _Planted(marker)}, fh)
+    torch.save({"trainer": _Planted(marker), "loop": {}}, out / "checkpoint.pt")
     res = CliRunner().invoke(app, ["run", str(cfg_path), "--out", str(out), "--resume", "--no-progress"])
     assert res.exit_code == 2 and "refused to load" in res.output and "Traceback" not in res.output
     assert not marker.exists()
