@@ -39,7 +39,9 @@ def _threat(target: int = 7, history=None) -> ThreatModel:
 
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec"])
 def test_substitution_raises_target_probability_and_respects_limits(name):
-    model = _model(name)
+    # float64: substitute() scores its candidates in one batch, the reference one sequence at a
+    # time (different kernels/reduction order); in float64 the two agree to ~1e-15
+    model = _model(name).double()
     target = torch.tensor([7])
     hist = np.array([3, 9, 12, 5, 22, 31, 14, 2, 18])
     seq = as_input(model, [hist])
@@ -49,8 +51,8 @@ def test_substitution_raises_target_probability_and_respects_limits(name):
     polluted, info = substitute(model, seq, target, positions=2, min_similarity=0.0, candidates=10)
     with torch.no_grad():
         p1 = float(target_probability(model, polluted, target)[0])
-    assert info["prob_before"] == pytest.approx(p0, rel=1e-5)
-    assert p1 == pytest.approx(info["prob_after"], rel=1e-5)
+    assert info["prob_before"] == pytest.approx(p0, rel=1e-10)
+    assert p1 == pytest.approx(info["prob_after"], rel=1e-10)
     assert p1 > p0  # with a permissive threshold some candidate improves a random model
     changed = (polluted != seq)[0]
     assert 1 <= int(changed.sum()) <= 2
@@ -87,14 +89,18 @@ def test_substitution_never_places_target_after_target():
 
 
 def test_infonce_known_value_and_label_on_positive():
-    a = torch.tensor([[1.0, 0.0]])
-    p = torch.tensor([1.0, 0.0])
-    n = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    # float64: the loss is logsumexp(logits) - logit_0 ~ 2.14 - 2, so in float32 the rounding
+    # of the ~2.14 term (and the CPU's exp/log kernels) alone costs ~1e-6 relative on ~0.14;
+    # in float64 the same cancellation leaves ~1e-15, far inside rel=1e-12
+    a = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    p = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    n = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
     expected = -np.log(np.exp(1.0) / (np.exp(1.0) + np.exp(0.0) + np.exp(-1.0)))
-    assert float(contrastive_loss(a, p, n, 1.0)) == pytest.approx(expected, rel=1e-6)
+    assert contrastive_loss(a, p, n, 1.0).dtype == torch.float64
+    assert float(contrastive_loss(a, p, n, 1.0)) == pytest.approx(expected, rel=1e-12)
     # temperature divides the cosine logits
     expected_t = -np.log(np.exp(2.0) / (np.exp(2.0) + np.exp(0.0) + np.exp(-2.0)))
-    assert float(contrastive_loss(a, p, n, 0.5)) == pytest.approx(expected_t, rel=1e-6)
+    assert float(contrastive_loss(a, p, n, 0.5)) == pytest.approx(expected_t, rel=1e-12)
     # swapping positive and a negative makes the loss larger (the label is the positive)
     assert float(contrastive_loss(a, n[1], torch.stack([p, n[0]]), 1.0)) > expected
 
@@ -137,7 +143,9 @@ def test_ablation_aliases_equal_dvfsr_with_other_weight_zero():
 
 
 def test_leak_flag_adds_exactly_the_ce_gradient_of_the_unpolluted_sequence():
-    model = _model()
+    # float64: leak - plain cancels two full attack gradients, whose float32 rounding depends on
+    # the CPU's kernels; in float64 the difference matches the CE gradient to ~1e-15
+    model = _model().double()
     params = param_copy(model)
     threat = _threat()
     rc = RoundConfig(round=0, epoch=0, seed=1)
@@ -152,7 +160,8 @@ def test_leak_flag_adds_exactly_the_ce_gradient_of_the_unpolluted_sequence():
     ce = -F.log_softmax(next_logits(model, seq, emb), dim=-1)[0, 7]
     ce.backward()
     for n, p in model.named_parameters():
-        torch.testing.assert_close(leak.params[n] - plain.params[n], p.grad, atol=1e-5, rtol=1e-4)
+        assert p.grad.dtype == torch.float64
+        torch.testing.assert_close(leak.params[n] - plain.params[n], p.grad, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec"])

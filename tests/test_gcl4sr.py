@@ -8,6 +8,8 @@ contract and its loss must equal the weighted sum of the separately exposed term
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,12 @@ from fedrec.data.random import stream_key
 from fedrec.models import build_model
 
 torch.set_num_threads(1)
+
+# Checks that compare two computations of the same value through different reductions or
+# kernels (a hand formula vs the implementation, padded vs unpadded input, sum of the terms vs
+# the per-row mean) run in float64: their float32 gap depends on the CPU's exp/matmul kernels,
+# in float64 it is ~1e-15 on these O(1) values, so atol/rtol ~1e-10 hold on any machine.
+TIGHT = {"atol": 1e-10, "rtol": 1e-9}
 
 
 # ------------------------------------------------------------------------------------ WITG
@@ -143,11 +151,12 @@ def test_sampler_is_uniform_over_neighbours():
 
 # ------------------------------------------------------------------------------------ losses
 def test_info_nce_matches_hand_computation_and_prefers_identical_views():
-    z1 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
-    z2 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+    z2 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
     cos = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).T
     expected = -torch.log(torch.exp(cos.diagonal() / 0.5) / torch.exp(cos / 0.5).sum(1))
-    torch.testing.assert_close(info_nce(z1, z2, 0.5), expected)
+    assert info_nce(z1, z2, 0.5).dtype == torch.float64
+    torch.testing.assert_close(info_nce(z1, z2, 0.5), expected, **TIGHT)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 8, generator=g)
     y = torch.randn(16, 8, generator=g)
@@ -157,26 +166,29 @@ def test_info_nce_matches_hand_computation_and_prefers_identical_views():
 
 def test_nt_xent_matches_the_symmetric_definition_with_intra_view_negatives():
     g = torch.Generator().manual_seed(1)
-    a, b = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    a, b = torch.randn(4, 3, generator=g).double(), torch.randn(4, 3, generator=g).double()
     na, nb = F.normalize(a, dim=1), F.normalize(b, dim=1)
     expected = []
     for i in range(4):
         la = torch.cat([na[i] @ nb.T, torch.stack([na[i] @ na[k] for k in range(4) if k != i])])
         lb = torch.cat([nb[i] @ na.T, torch.stack([nb[i] @ nb[k] for k in range(4) if k != i])])
         expected.append(-F.log_softmax(la / 0.5, 0)[i] - F.log_softmax(lb / 0.5, 0)[i])
-    torch.testing.assert_close(nt_xent(a, b, 0.5), torch.stack(expected))
+    assert nt_xent(a, b, 0.5).dtype == torch.float64
+    torch.testing.assert_close(nt_xent(a, b, 0.5), torch.stack(expected), **TIGHT)
     x = torch.randn(16, 8, generator=g)
     assert nt_xent(x, x, 0.5).mean() < nt_xent(x, torch.randn(16, 8, generator=g), 0.5).mean()
 
 
 def test_mmd_is_zero_for_identical_sets_and_grows_with_a_shift():
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(5, 6, 4, generator=g)
+    # float64: MMD(x, x) is 0 up to rounding of kernel sums (~1e-7 in float32, CPU-dependent
+    # exp kernels; ~1e-17 in float64)
+    x = torch.randn(5, 6, 4, generator=g).double()
     mask = torch.ones(5, 6, dtype=torch.bool)
     mask[:, :2] = False  # left padding
     for kernels in (1, 5):
-        assert mmd_per_sequence(x, x, mask, kernels).abs().max() < 1e-6
-        assert mmd_across_batch(x[:, :, 0], x[:, :, 0], kernels).abs() < 1e-6
+        assert mmd_per_sequence(x, x, mask, kernels).abs().max() < 1e-12
+        assert mmd_across_batch(x[:, :, 0], x[:, :, 0], kernels).abs() < 1e-12
     vals = [float(mmd_per_sequence(x, x + s, mask, 1, bandwidth=4.0).mean()) for s in (0.5, 1, 2)]
     assert 0 < vals[0] < vals[1] < vals[2]
     vals = [float(mmd_across_batch(x[:, :, 0], x[:, :, 0] + s, 5, bandwidth=4.0))
@@ -186,7 +198,7 @@ def test_mmd_is_zero_for_identical_sets_and_grows_with_a_shift():
 
 def test_mmd_per_sequence_ignores_padding_and_matches_a_direct_computation():
     g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(2, 4, 3, generator=g), torch.randn(2, 4, 3, generator=g)
+    x, y = torch.randn(2, 4, 3, generator=g).double(), torch.randn(2, 4, 3, generator=g).double()
     mask = torch.tensor([[False, True, True, True], [False, False, True, True]])
     out = mmd_per_sequence(x, y, mask, 1, bandwidth=2.0)
     garbage = x.clone()
@@ -199,7 +211,8 @@ def test_mmd_per_sequence_ignores_padding_and_matches_a_direct_computation():
             return torch.exp(-torch.cdist(p, q) ** 2 / 2.0).mean()
 
         direct = k(xs, xs) + k(ys, ys) - 2 * k(xs, ys)
-        torch.testing.assert_close(out[b], direct, rtol=1e-4, atol=1e-6)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out[b], direct, **TIGHT)
 
 
 # Slow reference of the MMD losses: the autograd formulation they had before the blockwise
@@ -262,8 +275,20 @@ def test_blockwise_mmd_matches_the_autograd_reference_in_value_and_gradient(
     mask[:, -1] = True
     x, y = x * mask.unsqueeze(-1), y * mask.unsqueeze(-1)
     w = torch.randn(40, generator=g, dtype=dtype)
-    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else \
-        {"rtol": 2e-5, "atol": 1e-6}
+    # float32: both forms add the same kernel entries in another order (row blocks vs one
+    # [B, 2L, 2L] tensor), through the CPU's exp/matmul kernels. The longest sum has
+    # n = (2 * 40) ** 2 terms (mmd_across_batch); rounding in random order grows like
+    # sqrt(n) * eps32 of the summed magnitude: allow 2 * sqrt(n) * eps32 (~1.9e-5) relative,
+    # and as much of each tensor's largest entry absolute (entries that cancel to ~0 keep the
+    # rounding of the O(max) terms they came from).
+    rel32 = 2 * math.sqrt((2 * 40) ** 2) * torch.finfo(torch.float32).eps
+
+    def check(fast, ref):
+        if dtype == torch.float64:
+            torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+        else:
+            torch.testing.assert_close(fast, ref, rtol=rel32, atol=rel32 * float(ref.abs().max()))
+
     outs = []
     for fn in (_ref_mmd_per_sequence, mmd_per_sequence):
         xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
@@ -271,7 +296,7 @@ def test_blockwise_mmd_matches_the_autograd_reference_in_value_and_gradient(
         (out * w).sum().backward()
         outs.append((out.detach(), xx.grad, yy.grad))
     for ref, fast in zip(*outs):
-        torch.testing.assert_close(fast, ref, **tol)
+        check(fast, ref)
     xs, ys = x[:, :, 0], y[:, :, 0] + 0.3
     outs = []
     for fn in (_ref_mmd_across_batch, mmd_across_batch):
@@ -280,7 +305,7 @@ def test_blockwise_mmd_matches_the_autograd_reference_in_value_and_gradient(
         out.backward()
         outs.append((out.detach(), xx.grad, yy.grad))
     for ref, fast in zip(*outs):
-        torch.testing.assert_close(fast, ref, **tol)
+        check(fast, ref)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -353,7 +378,7 @@ def test_bad_params_raise_one_line_errors_naming_the_field():
 
 def test_scores_contract_and_padding_invariance():
     model, seqs = _toy()
-    model.eval()
+    model.double().eval()  # float64: the padding-invariance check below compares kernels
     hist = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
     users = torch.tensor([0, 1])
     out = model.scores(hist, users)
@@ -361,7 +386,8 @@ def test_scores_contract_and_padding_invariance():
     assert torch.isneginf(out[:, 0]).all() and torch.isfinite(out[:, 1:]).all()
     torch.testing.assert_close(model.scores(hist, users), out)  # evaluation sampling is fixed
     wide = torch.cat([torch.zeros(2, 3, dtype=torch.long), hist], 1)  # padded to max_len
-    torch.testing.assert_close(model.scores(wide, users), out, rtol=1e-5, atol=1e-5)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(model.scores(wide, users), out, **TIGHT)
     assert model.scores(hist).shape == (2, 31)  # without users: no user term in the gate
     assert not torch.allclose(model.scores(hist), out)
 
@@ -411,6 +437,7 @@ def test_gate_lies_in_unit_interval_and_uses_the_user():
 
 def test_loss_is_the_weighted_sum_of_the_exposed_terms():
     model, seqs = _toy(lam1=0.7, lam2=0.3)
+    model.double()  # float64: row_losses().mean() reduces in another order than loss()
     users, inputs, targets = expand_prefixes(seqs[:6], model.max_len)
     batch = model.make_batch(users, inputs, targets, key=5)
     terms = model.loss_terms(batch)
@@ -418,7 +445,8 @@ def test_loss_is_the_weighted_sum_of_the_exposed_terms():
     assert all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
     total = terms["main"] + 0.7 * terms["gcl"] + 0.3 * terms["mmd"]
     torch.testing.assert_close(model.loss(batch), total)  # dropout 0: deterministic
-    torch.testing.assert_close(model.row_losses(batch).mean(), total)
+    assert total.dtype == torch.float64
+    torch.testing.assert_close(model.row_losses(batch).mean(), total, **TIGHT)
     assert model.row_losses(batch).shape == (len(targets),)
 
 

@@ -51,6 +51,14 @@ def batch_for(model, seqs, users, seed: int = 7):
     return model.prepare_batch(seqs, stream_key(seed, np.asarray(users)))
 
 
+# Equivalence checks below (two computations of the same function whose float reductions run
+# in a different order or through different kernels: vmap vs loop, padded vs unpadded widths,
+# SDPA vs explicit attention) run the model in float64. In float32 their gap depends on the
+# CPU's kernels (AVX-512 vs AVX2, oneDNN); in float64 it is ~1e-15 on unit-scale values, so
+# atol/rtol ~1e-10 hold on any machine and are far below any real discrepancy.
+TIGHT = {"atol": 1e-10, "rtol": 1e-9}
+
+
 # ----------------------------------------------------------------------------- contract
 
 
@@ -99,7 +107,7 @@ def test_functional_call_matches_module_and_uses_given_params(name, loss):
 
 @pytest.mark.parametrize("name,loss", VARIANTS, ids=IDS)
 def test_vmap_grad_matches_per_row_backward(name, loss):
-    model = make(name, loss).train()  # dropout is 0, so train mode is deterministic
+    model = make(name, loss).double().train()  # dropout is 0, so train mode is deterministic
     seqs = sequences(5, seed=3)
     batch = batch_for(model, seqs, range(5))
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -117,13 +125,14 @@ def test_vmap_grad_matches_per_row_backward(name, loss):
         model.row_losses(row)[0].backward()
         for k, p in model.named_parameters():
             ref = p.grad if p.grad is not None else torch.zeros_like(p)
-            torch.testing.assert_close(per_row[k][i], ref, atol=1e-5, rtol=1e-4, msg=k)
+            assert per_row[k].dtype == torch.float64
+            torch.testing.assert_close(per_row[k][i], ref, **TIGHT, msg=k)
 
 
 @pytest.mark.parametrize("name,loss", VARIANTS, ids=IDS)
 def test_row_loss_is_batch_width_invariant(name, loss):
     """A row's loss is the same alone or inside batches padded to different widths."""
-    model = make(name, loss).eval()
+    model = make(name, loss).double().eval()
     short = sequences(4, seed=1, lo=3, hi=5)
     longer = sequences(4, seed=2, lo=12, hi=15)
     users = np.arange(8)
@@ -131,46 +140,50 @@ def test_row_loss_is_batch_width_invariant(name, loss):
     mixed = model.row_losses(batch_for(model, short + longer, users))
     mixed2 = model.row_losses(batch_for(model, longer[:1] + short, np.r_[4, users[:4]]))
     for i in range(4):
-        torch.testing.assert_close(mixed[i], alone[i], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(mixed2[i + 1], alone[i], atol=1e-5, rtol=1e-5)
+        assert mixed.dtype == torch.float64
+        torch.testing.assert_close(mixed[i], alone[i], **TIGHT)
+        torch.testing.assert_close(mixed2[i + 1], alone[i], **TIGHT)
 
 
 @pytest.mark.parametrize("name,loss", VARIANTS, ids=IDS)
 def test_scores_are_padding_invariant(name, loss):
     """Scores are equal for a history padded to its own length, to max_len, or in a batch."""
-    model = make(name, loss).eval()
+    model = make(name, loss).double().eval()
     hist = sequences(3, seed=4, lo=2, hi=6)
     long = sequences(1, seed=5, lo=14, hi=14)
     own = torch.cat([model.scores(to_tensor(pad_left([h], MAX_LEN))) for h in hist])
     full_width = model.scores(to_tensor(pad_left(hist, MAX_LEN, width=MAX_LEN)))
     in_batch = model.scores(model.histories_to_tensor(long + hist))[1:]
-    torch.testing.assert_close(full_width, own, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(in_batch, own, atol=1e-5, rtol=1e-5)
+    assert own.dtype == torch.float64
+    torch.testing.assert_close(full_width, own, **TIGHT)
+    torch.testing.assert_close(in_batch, own, **TIGHT)
 
 
 @pytest.mark.parametrize("name,loss", VARIANTS, ids=IDS)
 def test_loss_is_target_weighted_mean_of_row_losses(name, loss):
-    model = make(name, loss).eval()
+    model = make(name, loss).double().eval()
     seqs = sequences(7, seed=6)
     batch = batch_for(model, seqs, range(7))
-    counts = (batch["targets"] > 0).sum(1).to(torch.float32)
+    counts = (batch["targets"] > 0).sum(1).to(torch.float64)
     assert len(set(counts.tolist())) > 1  # unequal counts, so the weighting matters
     expected = (model.row_losses(batch) * counts).sum() / counts.sum()
-    torch.testing.assert_close(model.loss(batch), expected, atol=1e-6, rtol=1e-5)
+    assert expected.dtype == torch.float64
+    torch.testing.assert_close(model.loss(batch), expected, **TIGHT)
     # dense and sparse evaluation of the loss agree
     torch.testing.assert_close(model.row_losses(batch, dense=True), model.row_losses(batch),
-                               atol=1e-5, rtol=1e-5)
+                               **TIGHT)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
 def test_sdpa_and_explicit_attention_agree(name):
-    model = make(name, "ce").eval()
+    model = make(name, "ce").double().eval()
     seqs = sequences(6, seed=8)
     hist = model.histories_to_tensor(seqs)
     sdpa = model.encode(hist)
     with vmap_safe_attention():
         explicit = model.encode(hist)
-    torch.testing.assert_close(explicit, sdpa, atol=1e-5, rtol=1e-5)
+    assert sdpa.dtype == torch.float64
+    torch.testing.assert_close(explicit, sdpa, **TIGHT)
     assert torch.isfinite(sdpa).all()
 
 
