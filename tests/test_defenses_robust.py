@@ -203,8 +203,11 @@ def test_weiszfeld_stops_on_relative_tolerance():
 
 
 def test_dvfsr_hybrid_is_blend_of_mean_and_geometric_median():
+    # float64 updates: the hybrid combines once, the reference blends two float32 aggregates,
+    # whose rounding depends on the order and the CPU's kernels (~1e-15 apart in float64)
     gen = torch.Generator().manual_seed(3)
-    stacked = {"a": torch.randn(9, 4, 3, generator=gen), "b": torch.randn(9, 5, generator=gen)}
+    stacked = {"a": torch.randn(9, 4, 3, generator=gen).double(),
+               "b": torch.randn(9, 5, generator=gen).double()}
     stacked["a"][0] += 50.0
     w = torch.randint(1, 30, (9,), generator=gen).float()
     gm, gm_info = build_defense("geometric_median", {"max_iter": 4, "tol": 1e-6, "nu": 1e-5})(
@@ -219,34 +222,39 @@ def test_dvfsr_hybrid_is_blend_of_mean_and_geometric_median():
         hyb, info = build_defense("dvfsr_hybrid", params)(stacked, w)
         mean, _ = build_defense(mean_rule, {})(stacked, w)
         for k in stacked:
-            torch.testing.assert_close(hyb[k], 0.3 * mean[k] + 0.7 * gm[k], atol=1e-5, rtol=1e-5)
+            assert hyb[k].dtype == torch.float64
+            torch.testing.assert_close(hyb[k], 0.3 * mean[k] + 0.7 * gm[k], atol=1e-12, rtol=1e-9)
         assert info.extra["iterations"] <= 4
         assert info.extra == gm_info.extra
         torch.testing.assert_close(info.weights, 0.3 * mean_coef + 0.7 * gm_info.weights)
 
 
 def test_geometric_median_weights_and_flags():
-    pts = {"p": torch.tensor([[0.0], [0.1], [-0.1], [0.05], [100.0]])}
+    pts = {"p": torch.tensor([[0.0], [0.1], [-0.1], [0.05], [100.0]], dtype=torch.float64)}
     out, info = build_defense("geometric_median", {})(pts, torch.ones(5))
     assert float(info.weights.sum()) == pytest.approx(1.0)
     # flags come from distances: honest points near the median are kept even though Weiszfeld
     # gives almost all the weight to the point closest to it
     assert info.kept.tolist() == [True, True, True, True, False]
     assert float(info.weights[:3].max()) < 1 / 50  # median is x_3 = 0.05; 1/(10n) = 1/50
-    torch.testing.assert_close(out["p"], (info.weights.float() @ pts["p"]), atol=1e-6, rtol=0)
+    # float64: a float32 dot product of these weights with |x| up to 100 rounds by ~1e-5
+    torch.testing.assert_close(out["p"], info.weights @ pts["p"], atol=1e-12, rtol=0)
 
 
 def test_median_and_trimmed_mean_match_numpy():
+    # float64: torch and numpy sum the kept values in different orders (numpy's pairwise SIMD
+    # sums depend on the CPU); in float64 they agree to ~1e-16
     gen = torch.Generator().manual_seed(5)
     for n in (1, 2, 5, 8):
-        x = torch.randn(n, 3, 4, generator=gen)
+        x = torch.randn(n, 3, 4, generator=gen).double()
         out, _ = build_defense("median", {})({"p": x}, torch.ones(n))
-        np.testing.assert_allclose(out["p"].numpy(), np.median(x.numpy(), axis=0), rtol=1e-6)
+        assert out["p"].dtype == torch.float64
+        np.testing.assert_allclose(out["p"].numpy(), np.median(x.numpy(), axis=0), rtol=1e-12)
         for beta in (0.0, 0.2, 0.34, 0.49):
             k = int(beta * n)
             out, _ = build_defense("trimmed_mean", {"beta": beta})({"p": x}, torch.ones(n))
             ref = np.sort(x.numpy(), axis=0)[k : n - k].mean(axis=0)
-            np.testing.assert_allclose(out["p"].numpy(), ref, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(out["p"].numpy(), ref, rtol=1e-12, atol=1e-14)
 
 
 def test_bulyan_matches_reference_loop():
@@ -254,7 +262,7 @@ def test_bulyan_matches_reference_loop():
     n, f = 12, 2
     x = torch.randn(n, 10, generator=gen, dtype=torch.float64)
     x[:2] += 20
-    out, info = build_defense("bulyan", {"f": f})({"p": x.float()}, torch.ones(n))
+    out, info = build_defense("bulyan", {"f": f})({"p": x}, torch.ones(n))  # float64, as the ref
     # reference: one-shot Multi-Krum of theta = n - 2f, then per coordinate the beta = theta-2f
     # values closest to the median of the selection
     d = ((x[:, None] - x[None]) ** 2).sum(-1)
@@ -266,7 +274,7 @@ def test_bulyan_matches_reference_loop():
     beta = n - 4 * f
     ref = np.array([np.sort(xs[:, j][np.argsort(np.abs(xs[:, j] - med[j]))[:beta]]).mean()
                     for j in range(x.shape[1])])
-    np.testing.assert_allclose(out["p"].numpy(), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["p"].numpy(), ref, rtol=1e-12, atol=1e-14)
     assert set(torch.nonzero(info.kept).reshape(-1).tolist()) == set(sel.tolist())
 
 
@@ -298,13 +306,14 @@ def test_context_default_is_used():
 def test_trimmed_mean_with_ties_matches_numpy():
     # sparse columns: most values are tied at 0 (the item-table case)
     gen = torch.Generator().manual_seed(7)
-    x = torch.randn(9, 50, generator=gen) * (torch.rand(9, 50, generator=gen) < 0.2)
+    # float64, as in test_median_and_trimmed_mean_match_numpy
+    x = (torch.randn(9, 50, generator=gen) * (torch.rand(9, 50, generator=gen) < 0.2)).double()
     x[:, 0] = 1.0  # a column of identical values
     for beta in (0.12, 0.3, 0.45):
         k = int(beta * 9)
         out, info = build_defense("trimmed_mean", {"beta": beta})({"p": x}, torch.ones(9))
         ref = np.sort(x.numpy(), axis=0)[k : 9 - k].mean(axis=0)
-        np.testing.assert_allclose(out["p"].numpy(), ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(out["p"].numpy(), ref, rtol=1e-12, atol=1e-14)
         assert float(info.weights.sum()) == pytest.approx(1.0)
 
 
