@@ -24,8 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from fedrec.data.movielens_meta import AGE_EDGES as _AGE_EDGES
+from fedrec.data.movielens_meta import N_GENRES as _N_GENRES
+from fedrec.data.movielens_meta import YEAR_EDGES as _YEAR_EDGES
+from fedrec.data.movielens_meta import read_items as _read_items
+from fedrec.data.movielens_meta import read_ratings as _read_ratings
+from fedrec.data.movielens_meta import read_users as _read_users
+from fedrec.data.movielens_meta import resolve_ml100k_dir
 from fedrec.errors import ConfigError, DataFormatError
 
 __all__ = [
@@ -309,139 +315,6 @@ ML100K_TASKS: dict[str, str] = {
     "loved": "observed and rating == 5",
     "disliked": "observed and rating <= 2",
 }
-_AGE_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens-1M age groups: <18, 18-24, ..., 56+
-_YEAR_EDGES = (1960, 1970, 1980, 1990, 1995, 1996, 1997, 1998)
-_N_GENRES = 19
-
-
-def resolve_ml100k_dir(data_dir: str | Path) -> Path:
-    """Locate the ml-100k folder: ``data_dir/ml-100k`` or ``data_dir`` itself.
-
-    Parameters
-    ----------
-    data_dir : str or Path
-        A ``FEDREC_DATA``-style root (containing ``ml-100k/``) or the ml-100k folder.
-
-    Returns
-    -------
-    Path
-        The dataset folder.
-
-    Raises
-    ------
-    DataFormatError
-        If neither location holds ``ratings.csv`` or ``raw/u.data``.
-    """
-    root = Path(data_dir)
-    for cand in (root / "ml-100k", root):
-        if (cand / "ratings.csv").is_file() or (cand / "raw" / "u.data").is_file():
-            return cand
-    raise DataFormatError(
-        f"{root / 'ml-100k' / 'ratings.csv'}: file not found (nor raw/u.data); "
-        "expected the MovieLens-100K folder under the data directory"
-    )
-
-
-def _first_bad_row(frame: pd.DataFrame) -> int | None:
-    bad = frame.isna().any(axis=1).to_numpy()
-    return int(np.argmax(bad)) if bad.any() else None
-
-
-def _read_ratings(folder: Path) -> pd.DataFrame:
-    csv = folder / "ratings.csv"
-    cols = ["user", "item", "rating", "timestamp"]
-    if csv.is_file():
-        path, header = csv, True
-        try:
-            raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise DataFormatError(f"{csv}: cannot parse as CSV ({exc})".splitlines()[0]) from exc
-        if list(raw.columns) != cols:
-            raise DataFormatError(
-                f"{csv}:1: expected header {','.join(cols)}, got {list(raw.columns)}"
-            )
-    else:
-        path, header = folder / "raw" / "u.data", False
-        try:
-            raw = pd.read_csv(
-                path, sep="\t", header=None, names=cols, dtype=str, keep_default_na=False
-            )
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise DataFormatError(f"{path}: cannot parse ({exc})".splitlines()[0]) from exc
-    num = raw.apply(pd.to_numeric, errors="coerce")
-    bad = _first_bad_row(num)
-    if bad is None:
-        r = num["rating"].to_numpy()
-        if not np.isin(r, (1, 2, 3, 4, 5)).all():
-            bad = int(np.argmax(~np.isin(r, (1, 2, 3, 4, 5))))
-        elif (num[["user", "item"]].to_numpy() < 1).any():
-            bad = int(np.argmax((num[["user", "item"]].to_numpy() < 1).any(axis=1)))
-    if bad is not None:
-        line = bad + (2 if header else 1)
-        raise DataFormatError(
-            f"{path}:{line}: expected integer user, item, rating 1-5, timestamp; "
-            f"got {raw.iloc[bad].tolist()}"
-        )
-    if len(num) == 0:
-        raise DataFormatError(f"{path}: no ratings found")
-    out = num.astype(np.int64)
-    if out.duplicated(["user", "item"]).any():
-        line = int(np.argmax(out.duplicated(["user", "item"]).to_numpy())) + (2 if header else 1)
-        raise DataFormatError(f"{path}:{line}: duplicate (user, item) pair")
-    return out
-
-
-def _read_pipe_file(path: Path, n_fields: int) -> list[list[str]]:
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    rows = []
-    with open(path, encoding="latin-1") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("|")
-            if len(parts) != n_fields:
-                raise DataFormatError(
-                    f"{path}:{lineno}: expected {n_fields} '|'-separated fields, got {len(parts)}"
-                )
-            rows.append(parts)
-    if not rows:
-        raise DataFormatError(f"{path}: file is empty")
-    return rows
-
-
-def _read_users(path: Path) -> dict[int, tuple[int, int, str]]:
-    out: dict[int, tuple[int, int, str]] = {}
-    for lineno, (uid, age, gender, occ, _zip) in enumerate(_read_pipe_file(path, 5), start=1):
-        if not (uid.isdigit() and age.isdigit()) or gender not in ("M", "F"):
-            raise DataFormatError(
-                f"{path}:{lineno}: expected 'id|age|M or F|occupation|zip', "
-                f"got {uid}|{age}|{gender}"
-            )
-        age_bucket = int(np.searchsorted(_AGE_EDGES, int(age), side="right"))
-        out[int(uid)] = (age_bucket, 0 if gender == "M" else 1, occ)
-    return out
-
-
-def _read_items(path: Path) -> dict[int, tuple[int, np.ndarray]]:
-    out: dict[int, tuple[int, np.ndarray]] = {}
-    for lineno, parts in enumerate(_read_pipe_file(path, 5 + _N_GENRES), start=1):
-        iid, date, flags = parts[0], parts[2], parts[5:]
-        if not iid.isdigit() or any(f not in ("0", "1") for f in flags):
-            raise DataFormatError(
-                f"{path}:{lineno}: expected 'id|title|date|...|19 genre flags 0/1'"
-            )
-        year_str = date.rsplit("-", 1)[-1] if date else ""
-        year_bucket = (
-            1 + int(np.searchsorted(_YEAR_EDGES, int(year_str), side="right"))
-            if year_str.isdigit()
-            else 0
-        )
-        out[int(iid)] = (year_bucket, np.array([int(f) for f in flags], dtype=np.float32))
-    return out
-
-
 def load_ml100k_multitask(
     data_dir: str | Path,
     tasks: Sequence[str] = ("watched", "liked", "loved"),
