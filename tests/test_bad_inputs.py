@@ -36,8 +36,12 @@ def write(tmp_path: Path, text: str | bytes = TINY, name: str = "tiny.yaml") -> 
     return path
 
 
-def cli_error(tmp_path: Path, config: Path, *sets: str) -> str:
-    """Run ``fedrec run CONFIG --set ...``; assert one error line, exit 2; return the line."""
+def cli_error(tmp_path: Path, config: Path, *sets: str, before_run_dir: bool = True) -> str:
+    """Run ``fedrec run CONFIG --set ...``; assert one error line, exit 2; return the line.
+
+    ``before_run_dir``: the error must come before the run directory is made (config errors;
+    a data file is read after it).
+    """
     args = ["run", str(config), "--out", str(tmp_path / "run"), "--no-progress"]
     for s in sets:
         args += ["--set", s]
@@ -46,7 +50,7 @@ def cli_error(tmp_path: Path, config: Path, *sets: str) -> str:
     assert "Traceback" not in res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    assert not (tmp_path / "run").exists()
+    assert not (before_run_dir and (tmp_path / "run").exists())
     return lines[0]
 
 
@@ -236,3 +240,17 @@ def test_multitask_example_loads_with_fedrec_data_and_names_data_dir_without(mon
     monkeypatch.delenv("FEDREC_DATA")
     line = cli_error(tmp_path, example)
     assert ": multitask.data_dir: not set" in line and "FEDREC_DATA" in line
+
+
+# ----------------------------------------------------------------------------- 10. data files
+
+
+@pytest.mark.parametrize("line, words", [
+    (f"4 1 {2**70} 3\n", f"item id {2**70} is too large"),
+    ("4 1 \uff12 3\n", "item id '\uff12' is not an integer"),
+    ("4 1 1_0 3\n", "item id '1_0' is not an integer"),
+])
+def test_bad_id_in_a_data_file_is_one_line_with_file_and_line(tmp_path, line, words):
+    data = write(tmp_path, "1 1 2 3\n2 2 3 4\n3 1 3 4\n" + line, "seq.txt")
+    line_out = cli_error(tmp_path, write(tmp_path), f"data.path={data}", before_run_dir=False)
+    assert line_out.startswith(f"error: {data}:4: ") and words in line_out

@@ -39,6 +39,7 @@ import numpy as np
 
 from fedrec.data.dataset import SequenceDataset
 from fedrec.data.formats import (
+    _id,
     _int,
     _lines,
     _user_items,
@@ -151,14 +152,13 @@ def compact_items(seqs: list[np.ndarray]) -> Normalised:
     if not seqs:
         raise DataFormatError("no sequences to normalise")
     flat = np.concatenate(seqs)
-    used = np.unique(flat)
+    used, inverse = np.unique(flat, return_inverse=True)  # memory ~ interactions, not ids
     if used[0] == 1 and used[-1] == len(used):
         return Normalised([np.asarray(s, dtype=np.int64) for s in seqs], None)
     if used[0] < 0:
         raise DataFormatError(f"negative item id {int(used[0])} in the source data")
-    table = np.zeros(int(used[-1]) + 1, dtype=np.int64)
-    table[used] = np.arange(1, len(used) + 1)
-    return Normalised([table[s] for s in seqs], np.concatenate([[0], used]).astype(np.int64))
+    new = np.split(inverse.reshape(-1).astype(np.int64) + 1, np.cumsum([len(s) for s in seqs])[:-1])
+    return Normalised(new, np.concatenate([[0], used]).astype(np.int64))
 
 
 def _read_rows(path: Path) -> dict[int, np.ndarray]:
@@ -201,8 +201,8 @@ def convert_movielens_item_ties(ratings: Path) -> Normalised:
                 f"{ratings}:{lineno}: expected 4 fields user, item, rating, timestamp; "
                 f"got {len(toks)}"
             )
-        user = _int(toks[0], ratings, lineno, "user id")
-        item = _int(toks[1], ratings, lineno, "item id")
+        user = _id(toks[0], ratings, lineno, "user id")
+        item = _id(toks[1], ratings, lineno, "item id")
         ts = _int(toks[3], ratings, lineno, "timestamp")
         if item <= 0:
             raise DataFormatError(f"{ratings}:{lineno}: item id {item} is not positive")
@@ -523,8 +523,9 @@ def info(name: str, root: str | Path | None = None) -> dict:
     where, path = local_status(name, str(root) if root is not None else None)
     stats = None
     if path is not None:
-        _, seqs = read_sequences(path)
-        stats = SequenceDataset(seqs, int(max(int(s.max()) for s in seqs)), name).stats()
+        from fedrec.data.loader import read_dataset  # the loader imports the registry
+
+        stats = read_dataset(path, "sequences", name).stats()
     return {
         "name": entry.name,
         "description": entry.description,

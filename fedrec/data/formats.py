@@ -9,11 +9,23 @@
 * ``gcl4sr``: GCL4SR's ``user item,item,...`` lines (0-based user ids).
 
 Every parser reports malformed input as :class:`~fedrec.errors.DataFormatError` naming the
-file and 1-based line number.
+file and 1-based line number. Common rules:
+
+* Lines end with ``\n``, ``\r\n`` or a lone ``\r`` (old Mac files), even mixed in one file.
+* Blank lines at the end of a file are ignored; a blank line followed by data is an error.
+* Numbers are ASCII: an integer is an optional sign and the digits ``0-9`` (Python's ``int``
+  would also take ``'1_0'`` and full-width or other Unicode digits, which are typos here).
+* An id (user or item) must lie within ``±MAX_ID`` (``10**18``): ids are held in int64 arrays
+  (with room for the ``+1`` shifts of the converters), so a larger number cannot be stored and
+  is not the id of any real dataset (hashes must be renumbered first). Ids need not be
+  contiguous or small: the loader renumbers items in memory proportional to the number of
+  interactions, never to the largest id (:func:`fedrec.data.loader.read_dataset`).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,29 +36,86 @@ from fedrec.errors import DataFormatError
 
 FORMATS = ("sequences", "movielens", "pairs", "gcl4sr")
 
+#: Largest magnitude of a user or item id (see the module docstring).
+MAX_ID = 10**18
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _split_lines(chunk: bytes) -> list[bytes]:
+    """A ``\n``-terminated chunk of bytes split at ``\r\n``, ``\r`` and ``\n`` (no ends)."""
+    chunk = chunk.removesuffix(b"\n").removesuffix(b"\r")
+    return chunk.split(b"\r") if b"\r" in chunk else [chunk]
+
 
 def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every line of ``path``, without line ends.
+
+    Lines may end with ``\n``, ``\r\n`` or ``\r``; blank lines at the end of the file are
+    dropped (a blank line followed by data is yielded, for the caller to reject).
+
+    Raises
+    ------
+    DataFormatError
+        Missing file, or a line that is not valid ``encoding`` text (named by number).
+    """
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found")
-    # Decode line by line so a decoding error is reported with its line number.
+    blank: list[tuple[int, str]] = []  # blank lines not yet known to be trailing
+    lineno = 0
+    # Decode line by line so a decoding error is reported with its line number (a CR byte
+    # never occurs inside a multi-byte UTF-8 character, so splitting bytes at CR is safe).
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode(encoding, errors="strict")
-            except UnicodeDecodeError as exc:
-                raise DataFormatError(
-                    f"{path}:{lineno}: not valid {encoding} text ({exc.reason})"
-                ) from None
-            yield lineno, line.rstrip("\r\n")
+        for chunk in fh:
+            for raw in _split_lines(chunk):
+                lineno += 1
+                try:
+                    line = raw.decode(encoding, errors="strict")
+                except UnicodeDecodeError as exc:
+                    raise DataFormatError(
+                        f"{path}:{lineno}: not valid {encoding} text ({exc.reason})"
+                    ) from None
+                if not line.strip():
+                    blank.append((lineno, line))
+                    continue
+                yield from blank
+                blank.clear()
+                yield lineno, line
 
 
 def _int(tok: str, path: Path, lineno: int, what: str) -> int:
-    try:
-        return int(tok)
-    except ValueError:
+    """An ASCII integer token (optional sign, digits ``0-9``)."""
+    if not (tok.isascii() and _INT.fullmatch(tok)):
         raise DataFormatError(
-            f"{path}:{lineno}: {what} {tok!r} is not an integer"
-        ) from None
+            f"{path}:{lineno}: {what} {tok!r} is not an integer, expected ASCII digits 0-9"
+        )
+    return int(tok)
+
+
+def _check_id(value: int, path: Path, lineno: int, what: str) -> int:
+    """``value`` if it is a storable id (``|value| <= MAX_ID``)."""
+    if not -MAX_ID <= value <= MAX_ID:
+        raise DataFormatError(
+            f"{path}:{lineno}: {what} {value} is too large, expected ids within +-10^18 "
+            "(renumber the ids of this file first)"
+        )
+    return value
+
+
+def _id(tok: str, path: Path, lineno: int, what: str) -> int:
+    """A user or item id token: an ASCII integer within ``±MAX_ID``."""
+    return _check_id(_int(tok, path, lineno, what), path, lineno, what)
+
+
+def _float(tok: str, path: Path, lineno: int, what: str) -> float:
+    """A finite ASCII decimal number (``3``, ``4.5``, ``1e-3``)."""
+    if not (tok.isascii() and _FLOAT.fullmatch(tok)) or not math.isfinite(float(tok)):
+        raise DataFormatError(
+            f"{path}:{lineno}: {what} {tok!r} is not a number, expected an ASCII decimal "
+            "number such as 4 or 3.5"
+        )
+    return float(tok)
 
 
 def _check_item(item: int, path: Path, lineno: int) -> None:
@@ -63,11 +132,17 @@ def _user_items(line: str, path: Path, lineno: int) -> tuple[int, list[int]]:
         raise DataFormatError(f"{path}:{lineno}: empty line (expected 'user item item ...')")
     if len(toks) < 2:
         raise DataFormatError(f"{path}:{lineno}: user {toks[0]!r} has no items")
-    user = _int(toks[0], path, lineno, "user id")
-    try:
-        items = list(map(int, toks[1:]))
-    except ValueError:  # name the first bad token
+    user = _id(toks[0], path, lineno, "user id")
+    items = None
+    if line.isascii() and "_" not in line:  # then int() accepts exactly [+-]?[0-9]+: fast path
+        try:
+            items = list(map(int, toks[1:]))
+        except ValueError:
+            pass
+    if items is None:  # name the first bad token
         items = [_int(t, path, lineno, "item id") for t in toks[1:]]
+    for item in (min(items), max(items)):
+        _check_id(item, path, lineno, "item id")
     return user, items
 
 
@@ -114,8 +189,8 @@ def read_gcl4sr(path: str | Path) -> tuple[list[int], list[np.ndarray]]:
         parts = line.split(" ", 1)
         if len(parts) != 2 or not parts[1].strip():
             raise DataFormatError(f"{path}:{lineno}: expected 'user item,item,...'")
-        user = _int(parts[0], path, lineno, "user id")
-        items = [_int(t, path, lineno, "item id") for t in parts[1].strip().split(",")]
+        user = _id(parts[0], path, lineno, "user id")
+        items = [_id(t, path, lineno, "item id") for t in parts[1].strip().split(",")]
         for it in items:
             _check_item(it, path, lineno)
         users.append(user + 1)
@@ -136,8 +211,8 @@ def read_pairs(path: str | Path) -> tuple[list[int], list[np.ndarray]]:
             raise DataFormatError(
                 f"{path}:{lineno}: expected 2 fields 'user item', got {len(toks)}"
             )
-        user = _int(toks[0], path, lineno, "user id")
-        item = _int(toks[1], path, lineno, "item id")
+        user = _id(toks[0], path, lineno, "user id")
+        item = _id(toks[1], path, lineno, "item id")
         _check_item(item, path, lineno)
         if user not in by_user:
             order.append(user)
@@ -171,13 +246,10 @@ def read_movielens(path: str | Path, min_rating: float | None = None) -> tuple[l
             raise DataFormatError(
                 f"{path}:{lineno}: expected 4 fields user, item, rating, timestamp; got {len(toks)}"
             )
-        user = _int(toks[0], path, lineno, "user id")
-        item = _int(toks[1], path, lineno, "item id")
+        user = _id(toks[0], path, lineno, "user id")
+        item = _id(toks[1], path, lineno, "item id")
         _check_item(item, path, lineno)
-        try:
-            rating = float(toks[2])
-        except ValueError:
-            raise DataFormatError(f"{path}:{lineno}: rating {toks[2]!r} is not a number") from None
+        rating = _float(toks[2], path, lineno, "rating")
         ts = _int(toks[3], path, lineno, "timestamp")
         if min_rating is not None and rating < min_rating:
             continue

@@ -62,20 +62,22 @@ def remap_items(ds: SequenceDataset) -> SequenceDataset:
     """Renumber the items that occur to ``1..n`` in order of first appearance.
 
     The returned dataset's ``item_ids[new_id]`` gives the previous id (composed with any
-    earlier map), so results can be traced back to the raw data.
+    earlier map), so results can be traced back to the raw data. Memory is proportional to the
+    number of interactions, not to ``n_items`` (a raw file may use ids as large as 10^18).
     """
     if not ds.sequences:
         return ds
     flat = np.concatenate(ds.sequences)
-    _, first = np.unique(flat, return_index=True)
-    order = flat[np.sort(first)]
-    table = np.zeros(ds.n_items + 1, dtype=np.int64)
-    table[order] = np.arange(1, len(order) + 1)
-    prev = ds.item_ids if ds.item_ids is not None else np.arange(ds.n_items + 1)
-    item_ids = np.concatenate([[0], np.asarray(prev)[order]])
-    return SequenceDataset(
-        [table[s] for s in ds.sequences], len(order), ds.name, item_ids, ds.user_ids, dict(ds.meta)
-    )
+    values, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    by_first = np.argsort(first, kind="stable")
+    new_id = np.empty(len(values), dtype=np.int64)
+    new_id[by_first] = np.arange(1, len(values) + 1)
+    order = values[by_first]  # previous ids in order of first appearance
+    prev = order if ds.item_ids is None else np.asarray(ds.item_ids)[order]
+    item_ids = np.concatenate([[0], prev]).astype(np.int64)
+    bounds = np.cumsum([len(s) for s in ds.sequences])[:-1]
+    seqs = np.split(new_id[inverse.reshape(-1)], bounds)
+    return SequenceDataset(seqs, len(order), ds.name, item_ids, ds.user_ids, dict(ds.meta))
 
 
 def truncate(ds: SequenceDataset, max_len: int) -> SequenceDataset:
