@@ -2,7 +2,8 @@
 
 Thin command-line layer over :mod:`fedrec.data.registry` and :mod:`fedrec.data.fetch`. Errors
 caused by input (an unknown name, an unreachable server, a checksum mismatch) are printed as one
-``error: ...`` line and exit with status 2; ``verify`` exits with status 1 when a file fails.
+``error: ...`` line and exit with status 2 (so does a ``--root`` folder that does not exist);
+``verify`` exits with status 1 when a file fails.
 """
 
 from __future__ import annotations
@@ -19,12 +20,23 @@ from fedrec.errors import FedRecError
 app = typer.Typer(help="List, describe, download and verify datasets.", no_args_is_help=True,
                   add_completion=False)
 
-_STATUS = {"data": "found under FEDREC_DATA", "cache": "cached", "missing": "missing"}
-
-
 def _fail(exc: BaseException) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
+
+
+def _status(where: str, root: Path | None) -> str:
+    """Label of a :func:`~fedrec.data.registry.local_status` location."""
+    if where == "data":
+        return "found under --root" if root is not None else "found under FEDREC_DATA"
+    return {"cache": "cached", "missing": "missing"}[where]
+
+
+def _check_root(root: Path | None) -> None:
+    """Exit with a one-line error (status 2) when ``--root`` is not an existing folder."""
+    if root is not None and not root.is_dir():
+        _fail(FedRecError(f"--root {root}: folder not found, expected a dataset root holding "
+                          "<name>/sequences.txt"))
 
 
 @app.command("list")
@@ -33,10 +45,11 @@ def list_(
     = None,
 ) -> None:
     """List the registered datasets and whether a local copy exists."""
+    _check_root(root)
     width = max(len(n) for n in DATASETS)
     for name, entry in DATASETS.items():
         where, _ = local_status(name, str(root) if root else None)
-        typer.echo(f"{name:<{width}}  {_STATUS[where]:<23}  {entry.description}")
+        typer.echo(f"{name:<{width}}  {_status(where, root):<23}  {entry.description}")
 
 
 @app.command("info")
@@ -46,6 +59,7 @@ def info(
     = None,
 ) -> None:
     """Show source, checksums, normalisation, citation, terms and local statistics."""
+    _check_root(root)
     try:
         d = _fetch.info(name, root)
     except FedRecError as exc:
@@ -63,7 +77,7 @@ def info(
     typer.echo(f"order:       {d['order']}")
     typer.echo(f"citation:    {d['citation']}")
     typer.echo(f"terms:       {d['terms']}")
-    typer.echo(f"local:       {d['local'] or 'missing'} ({_STATUS[d['location']]})")
+    typer.echo(f"local:       {d['local'] or 'missing'} ({_status(d['location'], root)})")
     if d["stats"]:
         s = d["stats"]
         typer.echo(
@@ -100,9 +114,12 @@ def verify(
     cache: Annotated[Optional[Path], typer.Option(
         help="Cache root (default: $FEDREC_CACHE or ~/.cache/fedrec).")] = None,
 ) -> None:
-    """Re-check the raw files against the registered checksums (exit 1 on a mismatch)."""
+    """Re-check the raw files against the registered checksums, and each sequences.txt
+    against what its raw files normalise to (exit 1 on a mismatch)."""
+    _check_root(root)
     try:
         results = _fetch.verify(name, root=root, cache=cache)
+        results += _fetch.verify_sequences(name, root=root, cache=cache)
     except FedRecError as exc:
         _fail(exc)
     for path, ok, detail in results:

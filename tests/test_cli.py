@@ -77,3 +77,11 @@ def test_bad_set_and_missing_file_are_one_line_errors(tmp_path):
         assert res.exit_code == 2, res.output
         lines = error_lines(res.output)
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.output
+
+
+def test_version_prints_the_version_and_exits_0():
+    from importlib.metadata import version
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"fedrec {version('fedrec')}"

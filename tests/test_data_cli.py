@@ -67,7 +67,7 @@ def test_fetch_verify_info_roundtrip(tiny, tmp_path):
     assert res.stdout.strip() == str(out)
     assert out.read_bytes() == DATA
     res = run("verify", "tiny", "--cache", str(tmp_path / "c"))
-    assert res.exit_code == 0 and "1 passed, 0 failed" in res.stdout
+    assert res.exit_code == 0 and "2 passed, 0 failed" in res.stdout  # raw file + sequences
     (tmp_path / "c" / "tiny" / "raw" / "tiny.txt").write_bytes(b"1 1\n")
     res = run("verify", "tiny", "--cache", str(tmp_path / "c"))
     assert res.exit_code == 1 and "FAIL" in res.stdout and "sha256 mismatch" in res.stdout
@@ -109,3 +109,60 @@ def test_unreachable_mirror_is_one_line_exit_2(tiny, tmp_path):
     assert res.exit_code == 2
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: download failed: http://127.0.0.1:")
+
+
+@pytest.fixture
+def tiny_root(monkeypatch, tmp_path):
+    """A registered dataset 'tiny' and a root folder holding its raw file and sequences.txt."""
+    entry = DatasetInfo("tiny", "a tiny dataset", raw=(
+        RawFile("tiny.txt", (github_raw("o/r", COMMIT, "data/tiny.txt"),),
+                sha256=hashlib.sha256(DATA).hexdigest()),), convert="sequences")
+    monkeypatch.setitem(DATASETS, "tiny", entry)
+    root = tmp_path / "root"
+    (root / "tiny" / "raw").mkdir(parents=True)
+    (root / "tiny" / "raw" / "tiny.txt").write_bytes(DATA)
+    (root / "tiny" / "sequences.txt").write_bytes(DATA)
+    return root
+
+
+def test_verify_checks_sequences_txt(tiny_root):
+    res = run("verify", "tiny", "--root", str(tiny_root))
+    assert res.exit_code == 0, res.output
+    seq = tiny_root / "tiny" / "sequences.txt"
+    assert f"ok    {seq}" in res.stdout and "2 passed, 0 failed" in res.stdout
+    seq.write_bytes(DATA.replace(b"2 2 3", b"2 3 2"))  # one changed line
+    res = run("verify", "tiny", "--root", str(tiny_root))
+    assert res.exit_code == 1
+    assert f"FAIL  {seq}  differs from what the raw files normalise to (first difference on " \
+        "line 2)" in res.stdout
+    assert "1 passed, 1 failed" in res.stdout
+    seq.unlink()
+    res = run("verify", "tiny", "--root", str(tiny_root))
+    assert res.exit_code == 1 and f"FAIL  {seq}  missing" in res.stdout
+    (tiny_root / "tiny" / "raw" / "tiny.txt").write_bytes(b"1 1\n")
+    seq.write_bytes(DATA)
+    res = run("verify", "tiny", "--root", str(tiny_root))
+    assert res.exit_code == 1 and f"FAIL  {seq}  not checked: a raw file failed" in res.stdout
+
+
+@pytest.mark.parametrize("args", [("list",), ("info", "steam"), ("verify", "steam")])
+def test_missing_root_folder_is_one_line_exit_2(tmp_path, args):
+    res = run(*args, "--root", str(tmp_path / "nowhere"))
+    assert res.exit_code == 2, res.output
+    assert res.stdout == "" and "Traceback" not in res.output
+    err = res.stderr.strip().splitlines()
+    assert err == [f"error: --root {tmp_path / 'nowhere'}: folder not found, expected a dataset "
+                   "root holding <name>/sequences.txt"]
+
+
+def test_status_label_names_root_option(monkeypatch, tmp_path):
+    root = tmp_path / "root"
+    (root / "steam").mkdir(parents=True)
+    (root / "steam" / "sequences.txt").write_text("1 1 2 3\n2 2 3\n")
+    res = run("list", "--root", str(root))
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("steam"))
+    assert "found under --root" in line and "FEDREC_DATA" not in line
+    res = run("info", "steam", "--root", str(root))
+    assert f"local:       {root / 'steam' / 'sequences.txt'} (found under --root)" in res.stdout
+    monkeypatch.setenv("FEDREC_DATA", str(root))
+    assert "(found under FEDREC_DATA)" in run("info", "steam").stdout

@@ -486,6 +486,26 @@ def verify(
         Unknown name, or no raw folder for it anywhere.
     """
     entry = get(name)
+    results = []
+    for place in _raw_places(name, root, cache):
+        for f in entry.raw:
+            path = place / f.name
+            if not path.is_file():
+                results.append((str(path), False, "missing"))
+            else:
+                ok, detail = check_file(path, f)
+                results.append((str(path), ok, detail))
+    return results
+
+
+def _raw_places(name: str, root: str | Path | None, cache: str | Path | None) -> list[Path]:
+    """The existing ``raw/`` folders of ``name``: in the cache, then under ``root``.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        No raw folder anywhere.
+    """
     places = [(Path(cache).expanduser() if cache else cache_dir()) / name / "raw"]
     base = data_root(str(root) if root is not None else None)
     if base is not None:
@@ -496,15 +516,59 @@ def verify(
             f"no raw files of {name!r} at {' or '.join(map(str, places))}; "
             f"run `fedrec datasets fetch {name}`"
         )
+    return present
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    """1-based number of the first line where ``a`` and ``b`` differ (they must differ)."""
+    la, lb = a.split(b"\n"), b.split(b"\n")
+    for i, (x, y) in enumerate(zip(la, lb, strict=False)):
+        if x != y:
+            return i + 1
+    return min(len(la), len(lb)) + 1
+
+
+def verify_sequences(
+    name: str, root: str | Path | None = None, cache: str | Path | None = None
+) -> list[tuple[str, bool, str]]:
+    """Check each ``sequences.txt`` of ``name`` against its raw files.
+
+    Where :func:`verify` checks a ``raw/`` folder, the ``sequences.txt`` next to it must be
+    byte for byte what those raw files normalise to (:func:`normalise`), so an edited line
+    is caught even though ``sequences.txt`` has no registered checksum.
+
+    Returns
+    -------
+    list of (str, bool, str)
+        ``(sequences.txt path, ok, detail)`` per location; ``detail`` is ``"missing"``, ``"not
+        checked: a raw file failed"``, ``"differs from what the raw files normalise to (first
+        difference on line N)"`` or ``"matches what the raw files normalise to"``.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        Unknown name, or no raw folder for it anywhere.
+    DataFormatError
+        A raw file passes its checksums but cannot be converted (a registry error).
+    """
+    entry = get(name)
     results = []
-    for place in present:
-        for f in entry.raw:
-            path = place / f.name
-            if not path.is_file():
-                results.append((str(path), False, "missing"))
+    for place in _raw_places(name, root, cache):
+        seq = place.parent / "sequences.txt"
+        if not seq.is_file():
+            results.append((str(seq), False, "missing"))
+        elif not all((place / f.name).is_file() and check_file(place / f.name, f)[0]
+                     for f in entry.raw):
+            results.append((str(seq), False, "not checked: a raw file failed"))
+        else:
+            expected = normalise(entry, place).sequences_text().encode("ascii")
+            actual = seq.read_bytes()
+            if actual == expected:
+                results.append((str(seq), True, "matches what the raw files normalise to"))
             else:
-                ok, detail = check_file(path, f)
-                results.append((str(path), ok, detail))
+                line = _first_difference(actual, expected)
+                results.append((str(seq), False, "differs from what the raw files normalise "
+                                f"to (first difference on line {line})"))
     return results
 
 
