@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -228,4 +229,13 @@ def test_dvfsr_local_and_flower_engines_agree(tmp_path):
         run_experiment(load_config(base=raw), tmp_path / engine, progress=False)
         out[engine] = torch.load(tmp_path / engine / "checkpoint.pt", weights_only=True)["trainer"]["params"]
     diff = max((out["local"][k] - out["flower"][k]).abs().max().item() for k in out["local"])
-    assert diff <= 1e-5
+    # Both engines run float32 (the Ray workers build the model from the config, so there is
+    # no float64 run) and differ only in summation order. Each round adds to a parameter a sum
+    # over n = clients_per_round * max_len * hidden products; rounding in random order grows
+    # like sqrt(n) * eps32 of the magnitudes involved (|theta|), so over R rounds allow
+    # 2 * R * sqrt(n) * eps32 * max|theta| (~2e-5 here; the usual gap is one ulp, ~1e-7).
+    fed, net = raw["federation"], raw["model"]
+    n = fed["clients_per_round"] * net["max_len"] * net["hidden"]
+    theta = max(v.abs().max().item() for v in out["local"].values())
+    tol = 2 * fed["rounds"] * math.sqrt(n) * torch.finfo(torch.float32).eps * theta
+    assert diff <= tol, (diff, tol)
