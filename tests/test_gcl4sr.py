@@ -295,7 +295,7 @@ def test_blockwise_mmd_matches_the_autograd_reference_in_value_and_gradient(
         out = fn(xx, yy, mask, kernels, bandwidth)
         (out * w).sum().backward()
         outs.append((out.detach(), xx.grad, yy.grad))
-    for ref, fast in zip(*outs):
+    for ref, fast in zip(*outs, strict=True):
         check(fast, ref)
     xs, ys = x[:, :, 0], y[:, :, 0] + 0.3
     outs = []
@@ -304,7 +304,7 @@ def test_blockwise_mmd_matches_the_autograd_reference_in_value_and_gradient(
         out = fn(xx, yy, kernels, bandwidth)
         out.backward()
         outs.append((out.detach(), xx.grad, yy.grad))
-    for ref, fast in zip(*outs):
+    for ref, fast in zip(*outs, strict=True):
         check(fast, ref)
 
 

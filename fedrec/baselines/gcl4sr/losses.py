@@ -18,6 +18,11 @@ Kernels are ``k(x, y) = Σ_i exp(-‖x - y‖² / (ρ · mul^(i - n//2)))`` over
 code uses ``n = 5``, ``mul = 2``). Without a fixed ``ρ`` the base bandwidth is the mean pairwise
 squared distance of the pooled samples, detached (the code's rule). MMD values are the biased
 V-statistic ``mean K_xx + mean K_yy - 2 mean K_xy``, which is exactly 0 for identical sets.
+
+Both MMD forms run through one autograd function (``_MMD``) that evaluates the pairwise kernel
+block by block and back-propagates with the hand-written gradient of the same formula, so a
+batch keeps no ``[B, 2L, 2L]`` intermediates for the backward (values and gradients equal the
+plain autograd formulation up to float rounding; ``tests/test_gcl4sr.py`` pins them).
 """
 
 from __future__ import annotations
