@@ -20,6 +20,8 @@ MODELS: dict[str, type[SequentialRecommender] | str] = {
     "bert4rec": BERT4Rec,
     "gru4rec": GRU4Rec,
     "gcl4sr": "fedrec.baselines.gcl4sr.model:GCL4SR",
+    "sitn": "fedrec.baselines.sitn.model:SITN",
+    "sass": "fedrec.baselines.sass.model:SASS",
 }
 
 
