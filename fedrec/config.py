@@ -354,6 +354,25 @@ class ExperimentConfig(Section):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
     multitask: dict[str, Any] | None = None
+    #: cross-domain / multi-scenario setting (:class:`fedrec.data.domains.DomainConfig`)
+    domains: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> ExperimentConfig:
+        if self.domains is not None:
+            self.domain_config()
+        return self
+
+    def domain_config(self) -> Any:
+        """The validated ``domains`` section (seed defaults to the top-level seed, the data
+        folder to ``data.root``)."""
+        from fedrec.data.domains import domain_config
+
+        raw = dict(self.domains or {})
+        raw.setdefault("seed", self.seed)
+        if raw.get("data_dir") is None and self.data.root is not None:
+            raw["data_dir"] = self.data.root
+        return domain_config(raw)
 
     @model_validator(mode="after")
     def _check_multitask(self) -> ExperimentConfig:
