@@ -92,7 +92,8 @@ class SITN(SequentialRecommender):
         if not 0 <= dropout < 1:
             raise ValueError(f"model.params.dropout: {dropout}; expected 0 <= dropout < 1")
         super().__init__(n_items, max_len, "bce", n_neg)
-        self.loss_type, self.hidden, self.n_views, self.variant = loss_type, hidden, n_views, variant
+        self.loss_type, self.hidden, self.n_views = loss_type, hidden, n_views
+        self.variant = variant
         off = variant != "sitn"  # the baselines have no contrastive levels
         self.i2i_weight, self.proto_weight = (0.0, 0.0) if off else (i2i_weight, proto_weight)
         self.i2i_temperature, self.proto_temperature = i2i_temperature, proto_temperature
