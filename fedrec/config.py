@@ -13,7 +13,7 @@ Checks made when a config is read, before any data or model is built:
   must be finite (:func:`check_finite`);
 * ``attack.name``, ``defense.name`` and ``model.name`` must be registered names
   (:func:`check_component_name`), and ``train.metric`` must be a metric that the run evaluates
-  (:func:`metric_names`).
+  (:func:`early_stopping_metrics`).
 """
 
 from __future__ import annotations
@@ -216,11 +216,14 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(5, ge=1)
     eval_every: int = Field(1, ge=1)
-    #: Early-stopping metric, validated against :func:`metric_names`: ``{full|sampled}/HR@k``,
-    #: ``{full|sampled}/NDCG@k`` for ``k`` in ``eval.ks`` and ``{full|sampled}/MRR``, for the
-    #: protocols enabled by ``eval.full`` / ``eval.sampled``. Only centralized runs (also the
-    #: GCL4SR baseline) early-stop, so only they check it; ``ER@k`` is never valid here, as it
-    #: is measured only on an attack's target items, i.e. in federated runs.
+    #: Early-stopping metric of centralized runs, checked when the config is read against
+    #: :func:`early_stopping_metrics`: for the models evaluated by :mod:`fedrec.evaluation`
+    #: (SASRec, BERT4Rec, GRU4Rec, GCL4SR) ``{full|sampled}/HR@k``, ``{full|sampled}/NDCG@k``
+    #: for ``k`` in ``eval.ks`` and ``{full|sampled}/MRR``, for the protocols enabled by
+    #: ``eval.full`` / ``eval.sampled``. ``ER@k`` is never valid here: it is measured only on
+    #: an attack's target items, i.e. in federated runs, which do not early-stop. A model with
+    #: its own trainer and metric names (SASS, SITN) is checked when its class lists them
+    #: (a ``metric_names(cfg)`` method), otherwise when its trainer first evaluates.
     metric: str = "full/NDCG@10"
 
 
@@ -413,16 +416,40 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _check_metric(self) -> ExperimentConfig:
-        if self.mode != "centralized":  # only centralized runs early-stop on train.metric
-            return self
-        valid = metric_names(self.eval)
-        if self.train.metric not in valid:
+        valid = early_stopping_metrics(self)
+        if valid is not None and self.train.metric not in valid:
             close = difflib.get_close_matches(self.train.metric, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             default = "" if "metric" in self.train.model_fields_set else " (the default)"
             raise ValueError(f"train.metric: {self.train.metric!r}{default} is not evaluated "
                              f"with these eval settings{hint}; expected one of {', '.join(valid)}")
         return self
+
+
+#: Models with their own trainer that still evaluate with :func:`fedrec.evaluation.evaluate`,
+#: so they report :func:`metric_names`.
+_STANDARD_EVALUATION = ("gcl4sr",)
+
+
+def early_stopping_metrics(cfg: ExperimentConfig) -> list[str] | None:
+    """The values ``train.metric`` may take in ``cfg``, or None when they are not known here.
+
+    Only centralized runs early-stop (federated and multitask runs ignore ``train.metric``:
+    None). A model trained by the generic centralized trainer, or listed in
+    ``_STANDARD_EVALUATION``, reports :func:`metric_names`; a model class with a
+    ``metric_names(cfg)`` method reports what it returns; any other model brings its own
+    trainer and metric names, which are then checked at its first evaluation (None).
+    """
+    if cfg.mode != "centralized":
+        return None
+    if cfg.model.name == _DEFAULT_NAMES["model"] or cfg.model.name in _STANDARD_EVALUATION:
+        return metric_names(cfg.eval)
+    from fedrec.models import model_class
+
+    cls = model_class(cfg.model.name)
+    if hasattr(cls, "metric_names"):
+        return list(cls.metric_names(cfg))
+    return None if hasattr(cls, "make_trainer") else metric_names(cfg.eval)
 
 
 def metric_names(ev: EvalConfig) -> list[str]:

@@ -92,6 +92,15 @@ def test_train_metric_must_be_produced_by_an_enabled_protocol(tmp_path):
     assert "train.metric" in line and "'full/NDCG@10'" in line and "sampled/NDCG@10" in line
 
 
+def test_metrics_of_models_with_their_own_trainer():
+    # GCL4SR has its own trainer but the standard evaluation: checked like SASRec
+    with pytest.raises(ConfigError, match=r"train.metric: 'full/NDCG@7' is not evaluated"):
+        load_config(base={"model": {"name": "gcl4sr"}, "train": {"metric": "full/NDCG@7"}})
+    # SASS and SITN report their own names (checked by their trainers): not refused here
+    assert load_config(base={"model": {"name": "sass"}, "train": {"metric": "full/Recall@20"}})
+    assert load_config(base={"model": {"name": "sitn"}, "train": {"metric": "sampled/AUC"}})
+
+
 def test_valid_metrics_load_and_unused_metric_is_not_checked():
     from fedrec.config import metric_names
 
