@@ -18,7 +18,6 @@ Checks made when a config is read, before any data or model is built:
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from pydantic import (
 )
 
 from fedrec.errors import ConfigError
+from fedrec.registry import suggestion
 
 #: A random seed: a non-negative integer that fits numpy's and torch's 64-bit seed arguments.
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
@@ -102,9 +102,8 @@ def check_component_name(kind: Literal["attack", "defense", "model"], value: Any
     names = component_names(kind)
     if value in names:
         return value
-    close = difflib.get_close_matches(str(value), names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"unknown {kind} {value!r}{hint}; valid names: {', '.join(names)}")
+    raise ConfigError(f"unknown {kind} {value!r}{suggestion(value, names)}; valid names: "
+                      f"{', '.join(names)}")
 
 
 class SyntheticConfig(Section):
@@ -418,8 +417,7 @@ class ExperimentConfig(Section):
     def _check_metric(self) -> ExperimentConfig:
         valid = early_stopping_metrics(self)
         if valid is not None and self.train.metric not in valid:
-            close = difflib.get_close_matches(self.train.metric, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = suggestion(self.train.metric, valid)
             default = "" if "metric" in self.train.model_fields_set else " (the default)"
             raise ValueError(f"train.metric: {self.train.metric!r}{default} is not evaluated "
                              f"with these eval settings{hint}; expected one of {', '.join(valid)}")
@@ -587,8 +585,7 @@ def _suggest(loc: tuple, model: type[BaseModel]) -> str:
         else:
             return ""
     names = list(getattr(cls, "model_fields", {}))
-    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
+    return suggestion(loc[-1], names) or f" (valid keys: {', '.join(names)})"
 
 
 def _is_key_path(model: type[BaseModel], loc: tuple, path: str) -> bool:

@@ -33,7 +33,6 @@ experiment it stands for changes (a finished cell is never reused for a differen
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import hashlib
 import itertools
@@ -55,6 +54,7 @@ from fedrec.config import (
     validate_config,
 )
 from fedrec.errors import ConfigError
+from fedrec.registry import suggestion
 
 #: Top-level keys of a grid file.
 GRID_KEYS = ("name", "description", "base_config", "base", "axes", "include", "exclude")
@@ -107,9 +107,7 @@ def check_key(key: Any, where: str) -> str:
         fld = cls.model_fields.get(part) if cls is not None else None
         if fld is None:
             valid = config_keys()
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown config key {key!r}{hint}")
+            raise ConfigError(f"{where}: unknown config key {key!r}{suggestion(key, valid)}")
         if _is_free_mapping(fld.annotation):
             return key
         if i < len(parts) - 1:
@@ -501,9 +499,7 @@ def parse_grid(raw: dict[str, Any], source: str = "grid", base_dir: Path | None 
         raise ConfigError(f"{source}: expected a mapping with base/axes/include/exclude")
     for key in raw:
         if key not in GRID_KEYS:
-            close = difflib.get_close_matches(str(key), GRID_KEYS, n=1)
-            hint = (f" (did you mean {close[0]!r}?)" if close
-                    else f" (valid keys: {', '.join(GRID_KEYS)})")
+            hint = suggestion(key, GRID_KEYS) or f" (valid keys: {', '.join(GRID_KEYS)})"
             raise ConfigError(f"{source}: unknown grid key {key!r}{hint}")
     base: dict[str, Any] = {}
     if raw.get("base_config"):
