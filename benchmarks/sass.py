@@ -59,7 +59,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for v in args.variants:
             for s in args.seeds:
-                runs[v].append(run_one(args.config, v, s, args.epochs, Path(tmp) / f"{v}_{s}", args.extra))
+                out = Path(tmp) / f"{v}_{s}"
+                runs[v].append(run_one(args.config, v, s, args.epochs, out, args.extra))
                 print(f"# done {v} seed {s}", file=sys.stderr, flush=True)
     first = runs[args.variants[0]][0]["test"]
     scen = sorted({k.split("/")[1] for k in first if k.count("/") == 2})

@@ -41,7 +41,8 @@ def test_retrieval_losses_match_hand_computed_values():
     pos = torch.tensor([[0.6, 0.8]])
     neg = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     # logits at temperature 0.5: positive 1.2, negatives [2.0, 0.0]
-    assert float(sampled_softmax(user, pos, neg, 0.5)) == pytest.approx(_nll([1.2, 2.0, 0.0], 0), rel=1e-6)
+    assert float(sampled_softmax(user, pos, neg, 0.5)) == pytest.approx(
+        _nll([1.2, 2.0, 0.0], 0), rel=1e-6)
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731 - softplus
     assert float(bce_with_negatives(user, pos, neg, 0.5)) == pytest.approx(
         sp(-1.2) + (sp(2.0) + sp(0.0)) / 2, rel=1e-6)

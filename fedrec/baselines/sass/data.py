@@ -113,7 +113,8 @@ def _row_normalised(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int
     pairs = np.unique(np.stack([rows, cols]), axis=1) if len(rows) else np.zeros((2, 0), np.int64)
     deg = np.bincount(pairs[0], minlength=n_rows).astype(np.float32)
     vals = 1.0 / deg[pairs[0]] if pairs.shape[1] else np.zeros(0, np.float32)
-    return torch.sparse_coo_tensor(torch.as_tensor(pairs), torch.as_tensor(vals, dtype=torch.float32),
+    return torch.sparse_coo_tensor(torch.as_tensor(pairs),
+                                   torch.as_tensor(vals, dtype=torch.float32),
                                    (n_rows, n_cols), check_invariants=True).coalesce()
 
 

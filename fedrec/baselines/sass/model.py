@@ -49,6 +49,11 @@ def _stack(n: int, d_in: int, d_out: int) -> tuple[nn.Parameter, nn.Parameter]:
     return nn.Parameter(w), nn.Parameter(torch.zeros(n, d_out))
 
 
+def _apply(params: nn.ParameterList, k: int, s: int, x: torch.Tensor) -> torch.Tensor:
+    """Layer ``k`` of scenario ``s`` of a stacked parameter list: ``x W + b``."""
+    return x @ params[2 * k][s] + params[2 * k + 1][s]
+
+
 class Tower(nn.Module):
     """One side (users or items) of SASS or of a baseline ``variant`` (module docstring)."""
 
@@ -59,22 +64,27 @@ class Tower(nn.Module):
         self.glob_on = variant != "single"
         self.spec_on = variant in ("sass", "sass_base", "single")
         self.gated = variant in ("sass", "sass_base")
-        self.emb = nn.Parameter(torch.randn(n_scen if variant == "single" else 1, n_ids, dim) * 0.1)
+        n_tables = n_scen if variant == "single" else 1
+        self.emb = nn.Parameter(torch.randn(n_tables, n_ids, dim) * 0.1)
         self.scen = nn.Parameter(torch.randn(n_scen, scen_dim) * 0.1)
-        mk = lambda n, i, o: nn.ParameterList([p for _ in range(layers) for p in _stack(n, i, o)])  # noqa: E731
+        def mk(n: int, d_in: int, d_out: int) -> nn.ParameterList:  # [W_1, b_1, W_2, b_2, ...]
+            return nn.ParameterList([p for _ in range(layers) for p in _stack(n, d_in, d_out)])
+
         if self.glob_on:
             self.glob = mk(1, dim, dim)
         if self.spec_on:
             self.spec = mk(n_scen, dim, dim)
         if self.gated:
             self.adapt, self.update = mk(n_scen, 2 * dim + scen_dim, dim), mk(n_scen, 2 * dim, dim)
-            self.bias = nn.Sequential(nn.Linear(scen_dim + dim, dim), nn.Tanh(), nn.Linear(dim, dim))
+            self.bias = nn.Sequential(nn.Linear(scen_dim + dim, dim), nn.Tanh(),
+                                      nn.Linear(dim, dim))
         self.out_w, self.out_b = _stack(1 if variant == "mixed" else n_scen, dim, dim)
         #: test hook: a fixed adaptive gate value (0 cuts the global-to-scenario path)
         self.fixed_adaptive_gate: float | None = None
         self.gates: list[tuple[torch.Tensor, torch.Tensor]] = []  # last forward's (a_l, u_l)
 
-    def forward(self, ids: torch.Tensor, s: int, behaviour: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, s: int,
+                behaviour: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, dim]`` L2-normalised representations of ``ids`` in scenario ``s``."""
         x = self.emb[s if self.variant == "single" else 0][ids]
         if behaviour is not None:
@@ -82,16 +92,17 @@ class Tower(nn.Module):
         e_s = self.scen[s].expand(len(ids), -1)
         g = h = x
         self.gates = []
-        for l in range(self.layers):
+        for k in range(self.layers):
             if self.glob_on:
-                g = F.relu(g @ self.glob[2 * l][0] + self.glob[2 * l + 1][0])
+                g = F.relu(_apply(self.glob, k, 0, g))
             if self.spec_on:
-                h = F.relu(h @ self.spec[2 * l][s] + self.spec[2 * l + 1][s])
+                h = F.relu(_apply(self.spec, k, s, h))
             if self.gated:
-                a = (torch.sigmoid(torch.cat([g, h, e_s], 1) @ self.adapt[2 * l][s] + self.adapt[2 * l + 1][s])
-                     if self.fixed_adaptive_gate is None else torch.full_like(g, self.fixed_adaptive_gate))
+                a = (torch.sigmoid(_apply(self.adapt, k, s, torch.cat([g, h, e_s], 1)))
+                     if self.fixed_adaptive_gate is None
+                     else torch.full_like(g, self.fixed_adaptive_gate))
                 t = a * g
-                u = torch.sigmoid(torch.cat([h, t], 1) @ self.update[2 * l][s] + self.update[2 * l + 1][s])
+                u = torch.sigmoid(_apply(self.update, k, s, torch.cat([h, t], 1)))
                 h = u * t + (1 - u) * h
                 self.gates.append((a, u))
         o = 0 if self.variant == "mixed" else s
@@ -132,12 +143,14 @@ class SASS(nn.Module):
                   "params.pretrain_lr": (pretrain_lr > 0, "> 0")}
         for key, (ok, expected) in checks.items():
             if not ok:
-                value = {"loss": loss_type, "variant": variant}.get(key, locals().get(key.split(".")[-1]))
+                value = {"loss": loss_type, "variant": variant}.get(
+                    key, locals().get(key.split(".")[-1]))
                 raise ValueError(f"model.{key}={value!r}: expected {expected}")
         self.variant, self.hidden, self.layers, self.scen_dim = variant, hidden, layers, scen_dim
         self.temperature, self.loss_type, self.n_neg = temperature, loss_type, n_neg
         self.pretrain_epochs = pretrain_epochs if variant == "sass" else 0
-        self.pretrain_temperature, self.pretrain_symmetric = pretrain_temperature, pretrain_symmetric
+        self.pretrain_temperature = pretrain_temperature
+        self.pretrain_symmetric = pretrain_symmetric
         self.pretrain_weights = (pretrain_user_weight, pretrain_item_weight)
         self.pretrain_lr, self.use_behaviour, self.unlabeled = pretrain_lr, use_behaviour, unlabeled
         self.domains = dict(domains or {})

@@ -44,7 +44,8 @@ def rank_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
     for k in ks:
         hit = ranks < k
         out[f"Recall@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean()) if len(ranks) else 0.0
+        gain = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+        out[f"NDCG@{k}"] = float(gain.mean()) if len(ranks) else 0.0
     return out
 
 
@@ -72,7 +73,8 @@ class SASSTrainer(EpochTrainer):
                                 np.zeros(0, np.int64), data.n_items,
                                 f"{data.name}:{'+'.join(data.scenarios)}")
         tc = ctx.cfg.train
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr,
+                                          weight_decay=tc.weight_decay)
         self.pre_optimizer = torch.optim.Adam(model.parameters(), lr=model.pretrain_lr)
         self.pre_steps = model.pretrain_epochs
         self.ks = sorted(set(ctx.cfg.eval.ks))
@@ -89,7 +91,8 @@ class SASSTrainer(EpochTrainer):
 
     def is_eval_step(self, step: int) -> bool:
         """Every ``train.eval_every`` fine-tuning epochs."""
-        return step >= self.pre_steps and (step - self.pre_steps + 1) % self.ctx.cfg.train.eval_every == 0
+        every = self.ctx.cfg.train.eval_every
+        return step >= self.pre_steps and (step - self.pre_steps + 1) % every == 0
 
     def step_info(self, step: int) -> dict[str, Any]:
         """Which stage the step belongs to."""
@@ -105,7 +108,8 @@ class SASSTrainer(EpochTrainer):
         self.pre_optimizer.load_state_dict(state["pre_optimizer"])
 
     # ------------------------------------------------------------------------------ training
-    def _batches(self, sizes: dict[Any, int], rng: np.random.Generator) -> list[tuple[Any, np.ndarray]]:
+    def _batches(self, sizes: dict[Any, int],
+                 rng: np.random.Generator) -> list[tuple[Any, np.ndarray]]:
         bs = self.ctx.cfg.train.batch_size
         out = []
         for key, n in sizes.items():
@@ -136,7 +140,8 @@ class SASSTrainer(EpochTrainer):
             users, items = data.pools[(a, b)]
             ids = torch.as_tensor((users if side == "user" else items)[idx])
             enc = model.users if side == "user" else model.items
-            cl = info_nce(enc(ids, a), enc(ids, b), model.pretrain_temperature, model.pretrain_symmetric)
+            cl = info_nce(enc(ids, a), enc(ids, b), model.pretrain_temperature,
+                          model.pretrain_symmetric)
             loss = (w_user if side == "user" else w_item) * cl
             self.pre_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,7 +183,8 @@ class SASSTrainer(EpochTrainer):
             us = users[lo:lo + chunk]
             scores = model.users(torch.as_tensor(us), s) @ items.T
             if not bool(torch.isfinite(scores).all()):
-                raise NonFiniteError(f"the model's scores are not finite in scenario {data.scenarios[s]}")
+                raise NonFiniteError("the model's scores are not finite in scenario "
+                                     f"{data.scenarios[s]}")
             rows, cols = [], []
             for r, u in enumerate(us):
                 seen = data.history[s][u]
@@ -189,7 +195,8 @@ class SASSTrainer(EpochTrainer):
                 cols += seen.tolist()
             target = torch.as_tensor(pos[held[us]])
             t_score = scores[torch.arange(len(us)), target].clone()
-            scores[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = float("-inf")
+            scores[torch.as_tensor(rows, dtype=torch.long),
+                   torch.as_tensor(cols, dtype=torch.long)] = float("-inf")
             ranks.append((scores > t_score[:, None]).sum(1).numpy())
         return np.concatenate(ranks)
 
