@@ -83,12 +83,12 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt file must be reported, not crash deep
-        if "Weights only load failed" in str(exc):
-            found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
-            what = f"names {found.group(1)}" if found else "uses pickle features a checkpoint never needs"
-            raise FedRecError(f"{path}: refused to load: the checkpoint {what}, and a checkpoint "
-                              "may hold only tensors and plain data") from None
-        raise FedRecError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise FedRecError(f"{path}: refused to load: the checkpoint names {found.group(1)}, "
+                              "and a checkpoint may hold only tensors and plain data") from None
+        raise FedRecError(f"{path}: unreadable checkpoint (not a checkpoint of tensors and plain "
+                          f"data: {type(exc).__name__})") from None
     if not isinstance(state, dict):
         raise FedRecError(f"{path}: not a fedrec checkpoint (expected a mapping)")
     return state
