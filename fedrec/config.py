@@ -22,12 +22,11 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -36,20 +35,7 @@ from pydantic import (
 
 from fedrec.errors import ConfigError
 from fedrec.registry import suggestion
-
-#: A random seed: a non-negative integer that fits numpy's and torch's 64-bit seed arguments.
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
-#: An Adam moment decay rate, in ``[0, 1)``.
-Beta = Annotated[float, Field(ge=0, lt=1)]
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated, floats must
-    be finite."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
-                              allow_inf_nan=False)
-
+from fedrec.sections import Beta, Section, Seed
 
 # ---------------------------------------------------------------------------- registered names
 

@@ -36,11 +36,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from fedrec.data.movielens_meta import (
     ML1M_GENRES,
@@ -52,6 +52,7 @@ from fedrec.data.movielens_meta import (
     resolve_ml100k_dir,
 )
 from fedrec.errors import ConfigError, DataFormatError
+from fedrec.sections import Section, Seed
 
 __all__ = [
     "DEFAULT_MOVIELENS_GROUPS",
@@ -65,7 +66,6 @@ __all__ = [
     "synthetic_domain_frame",
 ]
 
-_Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 #: Default genre groups for MovieLens [INF]: "thrill" genres as the source domain, "feel"
 #: genres as the target domain (the target is the last group unless ``target`` says otherwise).
@@ -77,12 +77,7 @@ DEFAULT_MOVIELENS_GROUPS: dict[str, list[str]] = {
 }
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
-                              allow_inf_nan=False)
-
-
-class SyntheticDomainsConfig(_Section):
+class SyntheticDomainsConfig(Section):
     """Generator of :func:`synthetic_domain_frame` (see there)."""
 
     n_users: int = Field(400, ge=2)
@@ -94,10 +89,10 @@ class SyntheticDomainsConfig(_Section):
     correlation: float = Field(0.9, ge=0, le=1)
     noise: float = Field(0.1, ge=0, le=1)
     zipf_a: float = Field(0.8, ge=0)
-    seed: _Seed = 0
+    seed: Seed = 0
 
 
-class DomainConfig(_Section):
+class DomainConfig(Section):
     """The ``domains`` config section (module docstring, steps 1-6)."""
 
     dataset: Literal["synthetic", "ml-100k", "ml-1m"] = "synthetic"
@@ -114,7 +109,7 @@ class DomainConfig(_Section):
     sparse_target_share: float = Field(0.0, ge=0, le=1)
     sparse_target_keep: int = Field(2, ge=0)
     n_negatives: int = Field(99, ge=1)
-    seed: _Seed = 0
+    seed: Seed = 0
     synthetic: SyntheticDomainsConfig = Field(default_factory=SyntheticDomainsConfig)
 
 
