@@ -14,6 +14,7 @@ raises a one-line :class:`~fedrec.errors.DataFormatError` naming ``file:line``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,24 @@ def read_ratings(folder: Path) -> pd.DataFrame:
     return out
 
 
+def latin1_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of each non-blank line of a latin-1 MovieLens file, without its
+    line end.
+
+    Raises
+    ------
+    DataFormatError
+        The file does not exist.
+    """
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found")
+    with open(path, encoding="latin-1") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield lineno, line
+
+
 def read_pipe_file(path: Path, n_fields: int) -> list[list[str]]:
     """Non-empty lines of a ``|``-separated latin-1 file, each with exactly ``n_fields`` fields.
 
@@ -137,20 +156,14 @@ def read_pipe_file(path: Path, n_fields: int) -> list[list[str]]:
     DataFormatError
         Missing or empty file, or a line with another number of fields (``file:line``).
     """
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="latin-1") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("|")
-            if len(parts) != n_fields:
-                raise DataFormatError(
-                    f"{path}:{lineno}: expected {n_fields} '|'-separated fields, got {len(parts)}"
-                )
-            rows.append(parts)
+    for lineno, line in latin1_lines(path):
+        parts = line.split("|")
+        if len(parts) != n_fields:
+            raise DataFormatError(
+                f"{path}:{lineno}: expected {n_fields} '|'-separated fields, got {len(parts)}"
+            )
+        rows.append(parts)
     if not rows:
         raise DataFormatError(f"{path}: file is empty")
     return rows
@@ -199,21 +212,15 @@ def read_ml1m_movies(path: Path) -> dict[int, list[str]]:
     DataFormatError
         Missing file, or a line that is not ``id::title::genres`` with known genres (``file:line``).
     """
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
     out: dict[int, list[str]] = {}
     known = set(ML1M_GENRES)
-    with open(path, encoding="latin-1") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("::")
-            genres = parts[-1].split("|") if len(parts) == 3 else []
-            if len(parts) != 3 or not parts[0].isdigit() or not genres or not set(genres) <= known:
-                raise DataFormatError(f"{path}:{lineno}: expected 'MovieID::Title::Genre|Genre' "
-                                      f"with genres among {', '.join(ML1M_GENRES)}")
-            out[int(parts[0])] = genres
+    for lineno, line in latin1_lines(path):
+        parts = line.split("::")
+        genres = parts[-1].split("|") if len(parts) == 3 else []
+        if len(parts) != 3 or not parts[0].isdigit() or not genres or not set(genres) <= known:
+            raise DataFormatError(f"{path}:{lineno}: expected 'MovieID::Title::Genre|Genre' "
+                                  f"with genres among {', '.join(ML1M_GENRES)}")
+        out[int(parts[0])] = genres
     if not out:
         raise DataFormatError(f"{path}: file is empty")
     return out
@@ -232,19 +239,13 @@ def read_ml1m_ratings(path: Path) -> pd.DataFrame:
     DataFormatError
         Missing file or a malformed line (``file:line``).
     """
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="latin-1") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split("::")
-            if len(parts) != 4 or not all(p.isdigit() for p in parts) or parts[2] not in "12345":
-                raise DataFormatError(f"{path}:{lineno}: expected 'UserID::MovieID::Rating(1-5)::"
-                                      f"Timestamp', got {line[:60]!r}")
-            rows.append([int(p) for p in parts])
+    for lineno, line in latin1_lines(path):
+        parts = line.strip().split("::")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts) or parts[2] not in "12345":
+            raise DataFormatError(f"{path}:{lineno}: expected 'UserID::MovieID::Rating(1-5)::"
+                                  f"Timestamp', got {line.strip()[:60]!r}")
+        rows.append([int(p) for p in parts])
     if not rows:
         raise DataFormatError(f"{path}: no ratings found")
     return pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"], dtype=np.int64)
