@@ -21,8 +21,8 @@ V-statistic ``mean K_xx + mean K_yy - 2 mean K_xy``, which is exactly 0 for iden
 
 Both MMD forms run through one autograd function (``_MMD``) that evaluates the pairwise kernel
 block by block and back-propagates with the hand-written gradient of the same formula, so a
-batch keeps no ``[B, 2L, 2L]`` intermediates for the backward (values and gradients equal the
-plain autograd formulation up to float rounding; ``tests/test_gcl4sr.py`` pins them).
+batch keeps one ``[B, 2L, 2L]`` tensor for the backward instead of a dozen (values and gradients
+equal the plain autograd formulation up to float rounding; ``tests/test_gcl4sr.py`` pins them).
 """
 
 from __future__ import annotations
@@ -100,12 +100,12 @@ class _MMD(torch.autograd.Function):
 
     Row ``r`` has samples ``z[r, :n/2]`` (x) and ``z[r, n/2:]`` (y), present where ``ok``;
     ``sign`` is +1 on x and -1 on y, so ``mean K_xx + mean K_yy - 2 mean K_xy`` is
-    ``vᵀ K v / cnt²`` with ``v = sign * ok``. The forward keeps only ``z`` and the
-    per-row bandwidths; the backward recomputes the pairwise block (``_MMD_BLOCK`` values at a
-    time) instead of autograd keeping a dozen ``[R, n, n]`` intermediates. Gradients are those
-    autograd gives for the direct formula (``clamp(|z_i|² + |z_j|² - 2 z_i·z_j, 0)`` off the
-    diagonal, then :func:`_kernel_sum`, masked and summed), including the zero gradient
-    where the clamp at 0 is active and on the diagonal; the bandwidth is detached.
+    ``vᵀ K v / cnt²`` with ``v = sign * ok``. The forward works on ``_MMD_BLOCK`` pairwise values
+    at a time and keeps, besides ``z``, one ``[R, n, n]`` tensor: ``v_i v_j dK/dd2`` where the
+    gradient passes; autograd would keep a dozen such intermediates. Gradients are those autograd
+    gives for the direct formula (``clamp(|z_i|² + |z_j|² - 2 z_i·z_j, 0)`` off the diagonal,
+    then :func:`_kernel_sum`, masked and summed), including the zero gradient where the clamp
+    at 0 is active and on the diagonal; the bandwidth is detached.
     """
 
     @staticmethod
@@ -118,53 +118,47 @@ class _MMD(torch.autograd.Function):
         cnt = ok[:, :half].to(z.dtype).sum(-1)
         step = max(1, _MMD_BLOCK // max(n * n, 1))
         out = z.new_empty(r)
-        bases = z.new_empty(r)
+        dks = z.new_empty(r, n, n)
         for lo in range(0, r, step):
             sl = slice(lo, lo + step)
-            _, d2 = _pair_block(z[sl], ok[sl])
+            raw, d2 = _pair_block(z[sl], ok[sl])
             if bandwidth is None:
                 n2 = 2 * cnt[sl]
                 base = d2.sum((-1, -2)) / (n2 * n2 - n2).clamp_min(1)
             else:
                 base = torch.full_like(cnt[sl], float(bandwidth))
-            bases[sl] = base
-            k = _kernel_sum(d2, base[:, None, None], n_kernels, mul)
+            # _kernel_sum, with dK/dd2 alongside
+            b0 = base.clamp_min(1e-12)[:, None, None] / (mul ** (n_kernels // 2))
+            k = torch.zeros_like(d2)
+            dk = dks[sl]
+            dk.zero_()
+            for i in range(n_kernels):
+                b = b0 * mul**i
+                e = torch.exp(-d2 / b)
+                k = k + e
+                dk -= e / b
             vs = v[sl]
             out[sl] = (torch.bmm(k, vs.unsqueeze(-1)).squeeze(-1) * vs).sum(-1)
-        out = out / (cnt * cnt).clamp_min(1)
-        ctx.save_for_backward(z, ok, bases)
-        ctx.n_kernels, ctx.mul = n_kernels, mul
-        return out
+            # dL/d raw_ij = v_i v_j dK_ij where the clamp passes it, off the diagonal
+            dk *= vs.unsqueeze(-1) * vs.unsqueeze(-2)
+            dk.masked_fill_(raw < 0, 0.0)
+            dk.diagonal(dim1=-2, dim2=-1).zero_()
+        denom = (cnt * cnt).clamp_min(1)
+        ctx.save_for_backward(z, dks, denom)
+        return out / denom
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        z, ok, bases = ctx.saved_tensors
-        n_kernels, mul = ctx.n_kernels, ctx.mul
+        z, dks, denom = ctx.saved_tensors
         r, n = z.shape[0], z.shape[1]
-        half = n // 2
-        sign = torch.ones(n, dtype=z.dtype, device=z.device)
-        sign[half:] = -1.0
-        v = ok.to(z.dtype) * sign
-        cnt = ok[:, :half].to(z.dtype).sum(-1)
-        scale = grad / (cnt * cnt).clamp_min(1)
+        scale = grad / denom
         step = max(1, _MMD_BLOCK // max(n * n, 1))
         gz = torch.empty_like(z)
         for lo in range(0, r, step):
             sl = slice(lo, lo + step)
             zs = z[sl]
-            raw, d2 = _pair_block(zs, ok[sl])
-            b0 = bases[sl].clamp_min(1e-12)[:, None, None] / (mul ** (n_kernels // 2))
-            dk = torch.zeros_like(d2)  # dK / d d2
-            for i in range(n_kernels):
-                b = b0 * mul**i
-                dk -= torch.exp(-d2 / b) / b
-            vs = v[sl]
-            # dL/d raw_ij: v_i v_j dK_ij, where the clamp passes it and off the diagonal
-            dk *= vs.unsqueeze(-1) * vs.unsqueeze(-2)
-            dk.masked_fill_(raw < 0, 0.0)
-            dk.diagonal(dim1=-2, dim2=-1).zero_()
-            dk *= scale[sl][:, None, None]
-            sym = dk + dk.transpose(-1, -2)
+            g = dks[sl] * scale[sl][:, None, None]
+            sym = g + g.transpose(-1, -2)
             # raw_ij = |z_i|² + |z_j|² - 2 z_i·z_j
             gz[sl] = 2.0 * (sym.sum(-1).unsqueeze(-1) * zs - torch.bmm(sym, zs))
         return gz, None, None, None, None
