@@ -87,7 +87,7 @@ def _run(tmp_path, name, protocol, defense, engine, address=None, dropout=0.0):
     raw["defense"] = {"name": defense}
     out = tmp_path / name
     summary = run_experiment(load_config(base=raw), out, progress=False)
-    params = torch.load(out / "checkpoint.pt", weights_only=False)["trainer"]["params"]
+    params = torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]["params"]
     return summary, params, out
 
 
@@ -96,7 +96,13 @@ def test_flower_engine_attached_to_ray_head_matches_local_engine(tmp_path, ray_h
     local, p_local, _ = _run(tmp_path, "local", protocol, defense, "local")
     flower, p_flower, out = _run(tmp_path, "flower", protocol, defense, "flower", ray_head)
     diff = max((p_local[k] - p_flower[k]).abs().max().item() for k in p_local)
-    assert diff <= 1e-5
+    # float32 on both engines, summed in different orders: per round the gap is at most about
+    # sqrt(clients * max_len * hidden) * eps32 * max|theta|, accumulated over the rounds
+    fc, mc = TINY["federation"], TINY["model"]
+    scale = max(float(v.abs().max()) for v in p_local.values())
+    bound = 2 * fc["rounds"] * (fc["clients_per_round"] * mc["max_len"] * mc["hidden"]) ** 0.5 \
+        * float(torch.finfo(torch.float32).eps) * max(scale, 1.0)
+    assert diff <= bound
     assert RunDir(out).is_finished() and len(RunDir(out).read_metrics()) == 2
     for k, v in local["test"].items():  # includes client-side (@app.evaluate) metrics for fedsgd
         assert flower["test"][k] == pytest.approx(v, abs=1e-6)
