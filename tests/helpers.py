@@ -16,6 +16,16 @@ import torch
 from fedrec.config import ExperimentConfig, load_config
 from fedrec.models import SequentialRecommender, build_model
 
+#: A federated run of a few seconds: 60 synthetic users, a tiny SASRec, FedSGD rounds of 25.
+TINY_FEDERATED: dict[str, Any] = {
+    "mode": "federated",
+    "data": {"synthetic": {"n_users": 60, "n_items": 40, "max_len": 20, "mean_len": 8}},
+    "model": {"name": "sasrec", "hidden": 8, "blocks": 1, "dropout": 0.1, "max_len": 10},
+    "federation": {"protocol": "fedsgd", "epochs": 3, "clients_per_round": 25, "server_lr": 0.05},
+    "eval": {"n_negatives": 10, "ks": [10]},
+    "defense": {"name": "mean"},
+}
+
 
 def config_with(raw: dict[str, Any], **over: Any) -> ExperimentConfig:
     """Load ``raw`` as a config after setting dotted keys in it (``raw`` is modified).

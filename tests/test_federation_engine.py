@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import config_with, strip_timing
+from helpers import TINY_FEDERATED, config_with, strip_timing
 
 from attacks.base import Attack
 from attacks.registry import ATTACKS
@@ -18,14 +18,7 @@ from fedrec.runner import run_experiment
 
 torch.set_num_threads(1)
 
-TINY = {
-    "mode": "federated",
-    "data": {"synthetic": {"n_users": 60, "n_items": 40, "max_len": 20, "mean_len": 8}},
-    "model": {"name": "sasrec", "hidden": 8, "blocks": 1, "dropout": 0.1, "max_len": 10},
-    "federation": {"protocol": "fedsgd", "epochs": 3, "clients_per_round": 25, "server_lr": 0.05},
-    "eval": {"n_negatives": 10, "ks": [10]},
-    "defense": {"name": "mean"},
-}
+TINY = TINY_FEDERATED
 
 
 def _cfg(**over):

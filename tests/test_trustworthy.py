@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from helpers import config_with
+from helpers import TINY_FEDERATED, config_with
 
 from defenses.registry import build_defense
 from fedrec.errors import NonFiniteError
@@ -24,14 +24,7 @@ torch.set_num_threads(1)
 
 NAN, INF = float("nan"), float("inf")
 
-FED = {
-    "mode": "federated",
-    "data": {"synthetic": {"n_users": 60, "n_items": 40, "max_len": 20, "mean_len": 8}},
-    "model": {"name": "sasrec", "hidden": 8, "blocks": 1, "dropout": 0.1, "max_len": 10},
-    "federation": {"protocol": "fedsgd", "epochs": 2, "clients_per_round": 25, "server_lr": 0.05},
-    "eval": {"n_negatives": 10, "ks": [10]},
-    "defense": {"name": "mean"},
-}
+FED = {**TINY_FEDERATED, "federation": {**TINY_FEDERATED["federation"], "epochs": 2}}
 CENT = {
     "mode": "centralized",
     "data": {"synthetic": {"n_users": 60, "n_items": 40, "max_len": 20, "mean_len": 8}},
