@@ -380,3 +380,89 @@ def locate(name: str, root: str | None = None) -> tuple[Path, str]:
         f"dataset {name!r} not found at {where}; set FEDREC_DATA (or data.root) to a folder "
         f"holding {name}/sequences.txt, or run `fedrec datasets fetch {name}`"
     )
+
+
+# --- Time-series classification datasets (CrossTimeNet domains) -------------------------------
+# These are not fetched: they are the UCR/UEA `.ts` files shipped inside the aeon 1.6.0 wheel,
+# laid out as ``<root>/timeseries/<Name>/<Name>_{TRAIN,TEST}.ts`` under ``data.root`` /
+# ``$FEDREC_DATA`` (read by :mod:`fedrec.data.timeseries`). They have no raw URL or converter, so
+# they are a table of their own and `fedrec datasets fetch` does not list them.
+
+_UCR_CITE = (
+    "H. A. Dau et al. The UCR Time Series Archive. IEEE/CAA J. Autom. Sinica 6(6), 2019; "
+    "A. Bagnall et al. The UEA multivariate time series classification archive, 2018, "
+    "arXiv 1811.00075; plus the dataset's own paper (named in the file's comment header)."
+)
+_UCR_TERMS = (
+    "UCR/UEA archive: free for research, cite the archive and the dataset's paper. Copied from "
+    "the aeon 1.6.0 wheel (BSD-3-Clause code)."
+)
+
+
+@dataclass(frozen=True)
+class TimeSeriesInfo:
+    """A named UCR/UEA classification problem (official train/test `.ts` files).
+
+    Parameters
+    ----------
+    name : str
+        Registry name, also the folder and file stem (``<name>_TRAIN.ts``).
+    description : str
+        One-line description (the domain, for cross-domain pre-training).
+    channels : int
+        Number of channels (dimensions).
+    min_length, max_length : int
+        Shortest and longest series over both splits (equal when the lengths are equal).
+    n_classes : int
+        Number of classes.
+    n_train, n_test : int
+        Cases in the official train and test files.
+    citation, terms : str
+        What to cite; licence summary.
+    """
+
+    name: str
+    description: str
+    channels: int
+    min_length: int
+    max_length: int
+    n_classes: int
+    n_train: int
+    n_test: int
+    citation: str = _UCR_CITE
+    terms: str = _UCR_TERMS
+
+
+TIMESERIES_DATASETS: dict[str, TimeSeriesInfo] = {
+    "BasicMotions": TimeSeriesInfo(
+        "BasicMotions", "smart-watch accelerometer + gyroscope, 4 activities (HAR-like)",
+        channels=6, min_length=100, max_length=100, n_classes=4, n_train=40, n_test=40),
+    "JapaneseVowels": TimeSeriesInfo(
+        "JapaneseVowels", "12 LPC cepstrum coefficients of spoken vowels, 9 speakers (speech)",
+        channels=12, min_length=7, max_length=29, n_classes=9, n_train=270, n_test=370),
+    "GunPoint": TimeSeriesInfo(
+        "GunPoint", "hand x-coordinate, gun-draw vs point (motion)",
+        channels=1, min_length=150, max_length=150, n_classes=2, n_train=50, n_test=150),
+    "ArrowHead": TimeSeriesInfo(
+        "ArrowHead", "arrowhead outlines as angle series, 3 classes (shape)",
+        channels=1, min_length=251, max_length=251, n_classes=3, n_train=36, n_test=175),
+    "ItalyPowerDemand": TimeSeriesInfo(
+        "ItalyPowerDemand", "daily Italian power demand, winter vs summer (electricity)",
+        channels=1, min_length=24, max_length=24, n_classes=2, n_train=67, n_test=1029),
+}
+
+
+def get_timeseries(name: str) -> TimeSeriesInfo:
+    """The time-series registry entry of ``name``.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        Unknown name (the message lists the valid ones).
+    """
+    try:
+        return TIMESERIES_DATASETS[name]
+    except KeyError:
+        raise DatasetNotFoundError(
+            f"unknown time-series dataset {name!r}; expected one of {', '.join(TIMESERIES_DATASETS)}"
+        ) from None
