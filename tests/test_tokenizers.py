@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from fedrec.tokenizers.timeseries import (
-    TimeSeriesTokenizer, evaluate, scale_series, train_tokenizer,
+    TimeSeriesTokenizer,
+    evaluate,
+    scale_series,
+    train_tokenizer,
 )
 from fedrec.tokenizers.vq import VectorQuantizer, ema_update, kmeans, nearest_code, perplexity
 
@@ -179,7 +182,7 @@ def test_training_is_deterministic_with_a_seed():
     a, _, _, sa = _train(seed=1)
     b, _, _, sb = _train(seed=1)
     assert [s.loss for s in sa] == [s.loss for s in sb]
-    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
     _, _, _, sc = _train(seed=2)
     assert [s.loss for s in sa] != [s.loss for s in sc]

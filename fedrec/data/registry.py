@@ -464,5 +464,6 @@ def get_timeseries(name: str) -> TimeSeriesInfo:
         return TIMESERIES_DATASETS[name]
     except KeyError:
         raise DatasetNotFoundError(
-            f"unknown time-series dataset {name!r}; expected one of {', '.join(TIMESERIES_DATASETS)}"
+            f"unknown time-series dataset {name!r}; expected one of "
+            f"{', '.join(TIMESERIES_DATASETS)}"
         ) from None

@@ -243,7 +243,9 @@ def read_ts(path: str | Path) -> TimeSeriesData:
                 univariate = header.get("univariate")
                 dims = header.get("dimensions")
                 if univariate is True and dims not in (None, 1):
-                    raise DataFormatError(f"{where}: @univariate true contradicts @dimensions {dims}")
+                    raise DataFormatError(
+                        f"{where}: @univariate true contradicts @dimensions {dims}"
+                    )
                 if univariate is False and dims == 1:
                     raise DataFormatError(f"{where}: @univariate false contradicts @dimensions 1")
                 n_dims = 1 if univariate is True else dims  # type: ignore[assignment]
@@ -254,8 +256,10 @@ def read_ts(path: str | Path) -> TimeSeriesData:
         parts = line.split(":")
         if has_labels:
             if len(parts) < 2:
-                raise DataFormatError(f"{where}: expected channels followed by ':LABEL' (the header "
-                                      "says @classLabel true)")
+                raise DataFormatError(
+                    f"{where}: expected channels followed by ':LABEL' (the header says "
+                    "@classLabel true)"
+                )
             label = parts[-1].strip()
             parts = parts[:-1]
             if label not in label_index:

@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 
 def squared_distances(z: Tensor, codebook: Tensor) -> Tensor:
-    """``[N, K]`` squared L2 distances between rows of ``z`` ``[N, d]`` and ``codebook`` ``[K, d]``."""
+    """``[N, K]`` squared L2 distances between the rows of ``z`` ``[N, d]`` and ``codebook``
+    ``[K, d]``."""
     return (
         z.pow(2).sum(1, keepdim=True)
         - 2.0 * z @ codebook.t()
