@@ -152,3 +152,43 @@ def test_ml100k_domains(real_data_dir: Path):
     assert not set(sp.item_ids["thrill"][1:].tolist()) & set(sp.item_ids["feel"][1:].tolist())
     # Toy Story (Animation|Children's|Comedy) goes to "feel"; GoldenEye (Action|...) to "thrill"
     assert 1 in sp.item_ids["feel"] and 2 in sp.item_ids["thrill"]
+
+
+def test_cross_domain_cut_is_strictly_before_the_held_out_item():
+    # user 10: A (genre a) items 1 (t1), 2 (t3), 7 (t5), 8 (t9), 9 (t10) -> train 1, 2, 7;
+    # B (genre b) items 3 (t2), 5 (t4), 4 (t5) -> train 3, valid 5 (t4), test 4 (t5)
+    frame, genres = toy_frame()
+    extra = pd.DataFrame([(10, 7, 5, 5), (10, 8, 5, 9), (10, 9, 5, 10)], columns=frame.columns)
+    genres |= {7: [0], 8: [0], 9: [0]}
+    sp = build_domains(frame.pipe(lambda f: pd.concat([f, extra])), genres, GENRES,
+                       {"A": ["a"], "B": ["b"]}, DomainConfig(n_negatives=1), "toy")
+    loc = {int(o): j for j, o in enumerate(sp.item_ids["A"])}
+    assert sp.train["A"][0].tolist() == [loc[1], loc[2], loc[7]]
+    assert sp.train_time["A"][0].tolist() == [1, 3, 5]
+    assert (sp.valid_time["B"][0], sp.test_time["B"][0]) == (4, 5)
+    cut = sp.cutoff("B", "valid")
+    assert cut[0] == 4 and cut[1] == np.iinfo(np.int64).max  # user 20: nothing held out in B
+    assert np.array_equal(sp.cutoff("B", "train"), cut)
+    assert sp.before("A", cut)[0].tolist() == [loc[1], loc[2]]  # t1, t3 < 4
+    # test (t5): item 7 ties with it and is left out; the earlier ones stay
+    assert sp.before("A", sp.cutoff("B", "test"))[0].tolist() == [loc[1], loc[2]]
+    assert sp.before("A", cut)[1].tolist() == sp.train["A"][1].tolist()  # no cut
+    with pytest.raises(ValueError, match="split"):
+        sp.cutoff("B", "all")
+
+
+def test_synthetic_users_have_one_clock_over_all_domains():
+    spec = DomainConfig().synthetic.model_copy(update={"n_users": 50})
+    frame, genres, _, _ = synthetic_domain_frame(spec)
+    for _, rows in frame.groupby("user"):  # distinct times 0..n-1 over all domains
+        assert sorted(rows["timestamp"]) == list(range(len(rows)))
+        dom = rows["item"].map(lambda i: genres[i][0] // spec.n_clusters)
+        for _, part in rows.groupby(dom):  # each domain keeps its generation order
+            assert part["timestamp"].is_monotonic_increasing
+    sp = load_domains({"synthetic": {"n_users": 50}})
+    src, tgt = sp.sources[0], sp.target
+    for u in np.flatnonzero(sp.test[tgt] > 0):
+        assert sp.valid_time[tgt][u] < sp.test_time[tgt][u]
+        assert (sp.train_time[tgt][u] < sp.valid_time[tgt][u]).all()
+    cut = sp.before(src, sp.cutoff(tgt, "test"))
+    assert sum(map(len, cut)) < sum(map(len, sp.train[src]))  # the cut removes something

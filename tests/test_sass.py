@@ -214,3 +214,38 @@ def test_ml100k_scenarios_overlap(real_data_dir):
         users = np.flatnonzero(data.test[s] >= 0)[:50]
         for u in users:
             assert data.test[s][u] not in data.history[s][u]
+
+
+def test_training_inputs_are_cut_at_the_other_scenarios_validation_items():
+    """User 10, item 50 in both scenarios (genres a and b). A: 1 (t1), 2 (t2), 50 (t5, valid),
+    4 (t12, test). B: 11 (t3), 50 (t5), 12 (t6), 13 (t8) train, 14 (t20) valid, 15 (t21) test;
+    low-rated (unlabelled) B items 16 (t4) and 17 (t7). B's train pairs and unlabelled samples
+    must be earlier than A's validation item (t5): 50 (the same rating as A's valid item, a
+    tie), 12, 13 and 17 are cut, 11 and 16 kept; A's train pairs (before B's t20) all stay.
+    User 20 only makes 16 and 17 items of B."""
+    import pandas as pd
+
+    from fedrec.baselines.sass.data import from_domains
+    from fedrec.data.domains import DomainConfig, build_domains
+
+    rows = [(10, i, 5, t) for i, t in ((1, 1), (2, 2), (50, 5), (4, 12), (11, 3), (12, 6),
+                                       (13, 8), (14, 20), (15, 21))]
+    rows += [(10, 16, 2, 4), (10, 17, 2, 7), (20, 16, 5, 1), (20, 17, 5, 2)]
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    genres = {1: [0], 2: [0], 4: [0], 50: [0, 1]} | {i: [1] for i in range(11, 18)}
+    groups = {"A": ["a"], "B": ["b"]}
+    cfg = DomainConfig(overlapping=True, min_rating=4, n_negatives=1)
+    split = build_domains(frame, genres, ("a", "b"), groups, cfg, "toy")
+    exposures = build_domains(frame, genres, ("a", "b"), groups,
+                              cfg.model_copy(update={"min_rating": None}), "toy")
+    data = from_domains(split, exposures)
+    ids = np.unique(np.concatenate([split.item_ids[d][1:] for d in ("A", "B")]))
+    glob = {int(o): k for k, o in enumerate(ids)}
+    assert data.valid[0][0] == glob[50] and data.test[0][0] == glob[4]
+    b_users, b_items = data.train[1]
+    assert b_items[b_users == 0].tolist() == [glob[11]]  # 50 (tie with A's valid), 12, 13 cut
+    u_users, u_items = data.unlabeled[1]
+    assert u_items[u_users == 0].tolist() == [glob[16]]  # 17 (t7) cut
+    assert data.train[0][1][data.train[0][0] == 0].tolist() == [glob[1], glob[2]]
+    # ranking still excludes every B train positive (all are before B's held-out items)
+    assert data.history[1][0].tolist() == [glob[i] for i in (11, 50, 12, 13)]

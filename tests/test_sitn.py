@@ -152,3 +152,46 @@ def test_config_errors_name_the_key():
     cfg = tiny(**{"model.params": {"n_prototypes": 1000}})
     with pytest.raises(ConfigError, match=r"model\.params\.n_prototypes"):
         build_trainer(cfg, RunContext.build(cfg))
+
+
+def test_source_items_later_than_the_predicted_target_item_are_cut_off(monkeypatch):
+    """User 10: target (genre b) items at t = 10, 20 (train), 30 (valid), 40 (test); source
+    (genre a) items 1..7 at t = 5, 25, 35, 40, 45 (source train) and 60, 70 (source held out).
+    Predicting the valid item may read source items 1, 2 (t < 30); the test item 1, 2, 3
+    (t < 40: item 4 ties with the test item, item 5 is later); training uses the valid cut."""
+    import pandas as pd
+
+    import fedrec.baselines.sitn.trainer as sitn_trainer
+    from fedrec.data.domains import DomainConfig, build_domains
+
+    rows = [(10, 100 + k, 5, t) for k, t in enumerate((10, 20, 30, 40), 1)]
+    rows += [(10, k, 5, t) for k, t in enumerate((5, 25, 35, 40, 45, 60, 70), 1)]
+    rows += [(20, 104 + k, 5, k) for k in range(1, 6)] + [(20, 8, 5, 0), (20, 9, 5, 9)]
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    genres = {i: [0] for i in range(1, 10)} | {i: [1] for i in range(101, 110)}
+    split = build_domains(frame, genres, ("a", "b"), {"A": ["a"], "B": ["b"]},
+                          DomainConfig(n_negatives=2), "toy")
+    assert split.item_ids["A"][1:8].tolist() == list(range(1, 8))  # local id = original id
+    monkeypatch.setattr(sitn_trainer, "load_domains", lambda *a, **k: split)
+    cfg = tiny(**{"model.params": {"n_views": 2, "n_prototypes": 2}})
+    ctx = RunContext.build(cfg)
+    trainer = build_trainer(cfg, ctx)
+    seen: list[tuple[list[int], list[int]]] = []  # (users, source row of user 10) per batch
+    real = ctx.model.interests
+
+    def spy(batch):
+        users = batch["users"].tolist()
+        if 0 in users:
+            row = batch["src"][users.index(0)]
+            seen.append((users, row[row > 0].tolist()))
+        return real(batch)
+
+    monkeypatch.setattr(ctx.model, "interests", spy)
+    trainer.evaluate("valid")
+    assert seen[-1][1] == [1, 2]
+    trainer.evaluate("test")
+    assert seen[-1][1] == [1, 2, 3]  # 4 (tie at t = 40) and 5 (t = 45) are excluded
+    seen.clear()
+    trainer.train_step(0)  # prototype refresh and training batches: the validation cut
+    assert seen and all(src == [1, 2] for _, src in seen)
+    assert split.cutoff("B", "test").tolist() == [40, 5]

@@ -25,6 +25,16 @@ Pipeline (:func:`build_domains`, the same for real and synthetic data):
    they are the *cold* users (:attr:`DomainSplit.cold`). Held-out items are untouched.
 6. **Negatives for AUC.** Per domain and user, ``n_negatives`` items drawn uniformly (seeded, no
    repeats when enough exist) among the domain's items the user never interacted with.
+7. **Cross-domain time cut** (:meth:`DomainSplit.before`, :meth:`DomainSplit.cutoff`). Every
+   item keeps its timestamp (``train_time``, ``valid_time``, ``test_time``). Another domain's
+   interactions may be read to predict a user's held-out item of domain ``d`` only if they are
+   **strictly earlier** than that item: for ``d``'s validation item, those with timestamp
+   ``< valid_time[d][u]``; for its test item, ``< test_time[d][u]``; for training, the same cut
+   as validation (``< valid_time[d][u]``), so no training input is later than the first
+   held-out item. **Ties** (same timestamp as the held-out item) are *excluded*: the order of
+   same-second ratings in two domains is unknown. Users without a held-out item in ``d`` have
+   no cut. Within one domain the split of step 4 is unchanged (ties there are ordered by item
+   id). A cold user's truncation (step 5) does not move its cut.
 
 :func:`domain_stats` gives users per domain, user overlap, items, interactions and density.
 Bad files raise a one-line :class:`~fedrec.errors.DataFormatError` naming ``file:line`` (the
@@ -165,6 +175,10 @@ class DomainSplit:
         held-out item there) for AUC.
     config : dict
         The settings used (:class:`DomainConfig` as a plain mapping).
+    train_time : dict
+        Domain -> ``U`` ``int64`` arrays, the timestamp of each ``train`` item.
+    valid_time, test_time : dict
+        Domain -> ``int64 [U]`` timestamp of the held-out item (0 where there is none).
     """
 
     name: str
@@ -180,6 +194,9 @@ class DomainSplit:
     cold: np.ndarray
     negatives: dict[str, np.ndarray]
     config: dict[str, Any] = field(default_factory=dict)
+    train_time: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    valid_time: dict[str, np.ndarray] = field(default_factory=dict)
+    test_time: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -208,6 +225,26 @@ class DomainSplit:
     def held_out(self, domain: str, split: str) -> np.ndarray:
         """``int64 [U]`` held-out item of ``split`` (0: none)."""
         return {"valid": self.valid, "test": self.test}[split][domain]
+
+    def cutoff(self, domain: str, split: str) -> np.ndarray:
+        """``int64 [U]`` time before which other domains may be read (module docstring, step 7).
+
+        ``"train"`` and ``"valid"``: the timestamp of the user's validation item in ``domain``;
+        ``"test"``: of its test item. Users without that held-out item: no cut (int64 max).
+        Use with :meth:`before`, whose comparison is strict (ties excluded).
+        """
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"split: expected 'train', 'valid' or 'test', got {split!r}")
+        key = "test" if split == "test" else "valid"
+        item = self.held_out(domain, key)
+        when = (self.test_time if key == "test" else self.valid_time)[domain]
+        return np.where(item > 0, when, np.iinfo(np.int64).max).astype(np.int64)
+
+    def before(self, domain: str, cutoff: np.ndarray) -> list[np.ndarray]:
+        """Per user, the ``train`` items of ``domain`` with timestamp **strictly** below
+        ``cutoff[u]`` (chronological; ties with the cut-off are left out)."""
+        return [items[times < c] for items, times, c in
+                zip(self.train[domain], self.train_time[domain], cutoff, strict=True)]
 
 
 # ------------------------------------------------------------------------------------ building
@@ -283,6 +320,9 @@ def build_domains(
     uidx = {int(u): k for k, u in enumerate(user_ids)}
     n_users = len(user_ids)
     item_ids, item_genre, train, valid, test, negatives = {}, {}, {}, {}, {}, {}
+    train_time: dict[str, list[np.ndarray]] = {}
+    valid_time: dict[str, np.ndarray] = {}
+    test_time: dict[str, np.ndarray] = {}
     rng_cold = np.random.default_rng([cfg.seed, 7])
     cold = np.zeros(n_users, dtype=bool)
     for k, dom in enumerate(domains):
@@ -296,15 +336,19 @@ def build_domains(
         item_genre[dom] = np.array([0] + [dict(placement[int(i)])[dom] for i in ids],
                                    dtype=np.int64)
         seqs = [np.zeros(0, dtype=np.int64) for _ in range(n_users)]
-        for u, items in part.groupby("user", sort=False)["item"]:
-            seqs[uidx[int(u)]] = np.array([local[int(i)] for i in items], dtype=np.int64)
+        times = [np.zeros(0, dtype=np.int64) for _ in range(n_users)]
+        for u, rows in part.groupby("user", sort=False):
+            seqs[uidx[int(u)]] = np.array([local[int(i)] for i in rows["item"]], dtype=np.int64)
+            times[uidx[int(u)]] = rows["timestamp"].to_numpy().astype(np.int64)
         va, te = np.zeros(n_users, dtype=np.int64), np.zeros(n_users, dtype=np.int64)
-        tr = []
-        for u, s in enumerate(seqs):
+        va_t, te_t = np.zeros(n_users, dtype=np.int64), np.zeros(n_users, dtype=np.int64)
+        tr, tr_t = [], []
+        for u, (s, t) in enumerate(zip(seqs, times, strict=True)):
             if len(s) >= cfg.min_eval_len:
-                va[u], te[u] = s[-2], s[-1]
-                s = s[:-2]
+                va[u], te[u], va_t[u], te_t[u] = s[-2], s[-1], t[-2], t[-1]
+                s, t = s[:-2], t[:-2]
             tr.append(s)
+            tr_t.append(t)
         if dom == target and cfg.sparse_target_share > 0:
             eligible = np.flatnonzero(te > 0)
             n_cold = int(round(cfg.sparse_target_share * len(eligible)))
@@ -312,14 +356,17 @@ def build_domains(
             for u in chosen:
                 keep = cfg.sparse_target_keep
                 tr[u] = tr[u][len(tr[u]) - min(keep, len(tr[u])):]
+                tr_t[u] = tr_t[u][len(tr_t[u]) - min(keep, len(tr_t[u])):]
             cold[chosen] = True
         train[dom], valid[dom], test[dom] = tr, va, te
+        train_time[dom], valid_time[dom], test_time[dom] = tr_t, va_t, te_t
         negatives[dom] = _sample_negatives(seqs, te, len(ids), cfg.n_negatives,
                                            np.random.default_rng([cfg.seed, 11, k]))
     return DomainSplit(name=name, domains=domains, target=target, genre_names=tuple(genre_names),
                        user_ids=user_ids, item_ids=item_ids, item_genre=item_genre, train=train,
                        valid=valid, test=test, cold=cold, negatives=negatives,
-                       config=cfg.model_dump(mode="json"))
+                       config=cfg.model_dump(mode="json"), train_time=train_time,
+                       valid_time=valid_time, test_time=test_time)
 
 
 def _sample_negatives(seqs: list[np.ndarray], test: np.ndarray, n_items: int, n_neg: int,
@@ -348,7 +395,12 @@ def synthetic_domain_frame(
     ``items_per_domain`` items; item ``j`` is in cluster ``j mod n_clusters`` (its genre,
     ``"d<d>:c<k>"``), with a Zipf-like popularity inside its cluster. A user's sequence in a
     domain has ``min_len + Poisson(mean_len - min_len)`` distinct items, each from its cluster
-    with probability ``1 - noise`` and uniform otherwise; order = timestamps. All ratings are 5.
+    with probability ``1 - noise`` and uniform otherwise, in generation order. All ratings
+    are 5. **Timestamps**: each user's interactions in all domains share one clock; a seeded
+    random interleaving (its own random stream, so the items drawn do not depend on it) gives
+    them the distinct times ``0..n_u - 1`` (``n_u`` = the user's interactions over all
+    domains), each domain's items in their generation order. So no two of a user's
+    interactions tie, and the cross-domain cut (module docstring, step 7) is well defined.
 
     Returns
     -------
@@ -375,8 +427,23 @@ def synthetic_domain_frame(
             p = (1 - spec.noise) * inside / inside.sum() + spec.noise / per
             size = min(int(lens[u]), int((p > 0).sum()))
             items = rng.choice(ids, size=size, replace=False, p=p / p.sum())
-            rows += [(u + 1, int(i), 5, t) for t, i in enumerate(items)]
-    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+            rows += [(u + 1, int(i), 5) for i in items]
+    # one clock per user over all domains: a seeded random interleaving of the user's domain
+    # sequences (own stream, so the items above do not depend on it), each kept in order
+    users = np.array([r[0] for r in rows], dtype=np.int64)
+    clock = np.random.default_rng([spec.seed, 4])
+    stamps = np.zeros(len(rows), dtype=np.int64)
+    for u in range(1, spec.n_users + 1):
+        at = np.flatnonzero(users == u)  # the user's rows, domain by domain, each in order
+        if len(at):
+            owner = [rows[k][1] for k in at]  # which domain each row belongs to
+            dom = (np.asarray(owner) - 1) // per
+            slots = clock.permutation(len(at))  # times 0..n-1 handed out in random order ...
+            for d in np.unique(dom):
+                sel = dom == d  # ... and each domain's share sorted, keeping its order
+                stamps[at[sel]] = np.sort(slots[sel])
+    frame = pd.DataFrame([(*r, int(t)) for r, t in zip(rows, stamps, strict=True)],
+                         columns=["user", "item", "rating", "timestamp"])
     return frame, item_genres, genre_names, groups
 
 

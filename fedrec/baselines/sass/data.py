@@ -15,6 +15,18 @@ scenario's item set (its full-ranking candidates), positive train pairs, held-ou
   embedding of an entity's scenario behaviour to its own embedding.
 * **Contrastive pools**: for each ordered pair of scenarios, the users active in both (labelled or
   unlabelled) and the items living in both.
+* **Cross-scenario time cut** (the rule of :mod:`fedrec.data.domains`, step 7, with every
+  scenario a target of the others). One model is trained for all scenarios, and a user's
+  embedding absorbs its train pairs of every scenario, so a training input of user ``u`` must be
+  **strictly earlier** than ``u``'s validation item in every scenario where ``u`` has one (ties
+  excluded); the test items are later still. Concretely: a train positive of scenario ``s`` is
+  kept only if it is earlier than ``u``'s validation item of every *other* scenario (inside
+  ``s`` the chronological split already puts it before); an unlabelled sample of ``s`` only if
+  it is earlier than ``u``'s validation item of *every* scenario, ``s`` included. Without the
+  cut, ML-100K's overlapping scenarios put 2181 held-out (valid/test) items of one scenario
+  among the train positives of another (the same rating, counted in both) and 17% of the train
+  positives after another scenario's validation item. The ranking exclusion (``history``) keeps
+  every train positive of the scenario: those are all before its held-out items.
 """
 
 from __future__ import annotations
@@ -46,13 +58,13 @@ class ScenarioData:
     items : list of numpy.ndarray
         Scenario -> global ids of its items (ranking candidates).
     train : list of tuple
-        Scenario -> ``(users, items)`` positive train pairs.
+        Scenario -> ``(users, items)`` positive train pairs (after the cross-scenario time cut).
     valid, test : list of numpy.ndarray
         Scenario -> ``[n_users]`` held-out global item (-1: none).
     history : list of list
-        Scenario -> per user the global ids of train positives (excluded from ranking).
+        Scenario -> per user the global ids of train positives (excluded from ranking; not cut).
     unlabeled : list of tuple
-        Scenario -> ``(users, items)`` unlabelled samples.
+        Scenario -> ``(users, items)`` unlabelled samples (after the cross-scenario time cut).
     pools : dict
         ``(s1, s2)`` -> ``(users, items)`` active in both scenarios.
     """
@@ -132,13 +144,19 @@ def from_domains(split: DomainSplit, exposures: DomainSplit | None = None) -> Sc
     n_users = split.n_users
     items, train, valid, test, history, unlabeled = [], [], [], [], [], []
     uid_pos = {int(u): k for k, u in enumerate(split.user_ids)}
+    # cross-scenario time cut (module docstring): per scenario, the earliest validation time of
+    # the user's *other* scenarios (positives) and of *all* its scenarios (unlabelled)
+    valid_cut = {d: split.cutoff(d, "valid") for d in doms}
+    every = np.minimum.reduce([valid_cut[d] for d in doms])
     for d in doms:
         g = to_global[d]
         items.append(g[1:].copy())
         hist = [g[t] for t in split.train[d]]
         history.append(hist)
-        users = np.repeat(np.arange(n_users), [len(h) for h in hist])
-        train.append((users, np.concatenate(hist) if hist else np.zeros(0, np.int64)))
+        others = np.minimum.reduce([valid_cut[o] for o in doms if o != d])
+        kept = [g[t] for t in split.before(d, others)]
+        users = np.repeat(np.arange(n_users), [len(h) for h in kept])
+        train.append((users, np.concatenate(kept) if kept else np.zeros(0, np.int64)))
         valid.append(np.where(split.valid[d] > 0, g[split.valid[d]], -1))
         test.append(np.where(split.test[d] > 0, g[split.test[d]], -1))
         uu, ii = [], []
@@ -154,7 +172,9 @@ def from_domains(split: DomainSplit, exposures: DomainSplit | None = None) -> Sc
                     continue
                 seen = np.concatenate([exposures.train[d][k], [exposures.valid[d][k],
                                                                exposures.test[d][k]]])
-                cand = eg[seen[seen > 0]]
+                when = np.concatenate([exposures.train_time[d][k], [exposures.valid_time[d][k],
+                                                                    exposures.test_time[d][k]]])
+                cand = eg[seen[(seen > 0) & (when < every[u])]]
                 labelled = set(hist[u].tolist()) | {int(valid[-1][u]), int(test[-1][u])}
                 keep = [c for c in np.unique(cand) if c >= 0 and int(c) not in labelled]
                 uu += [u] * len(keep)

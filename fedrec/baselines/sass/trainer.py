@@ -19,7 +19,9 @@ there, the item is ranked among **all the scenario's items** (full ranking), the
 positives in that scenario (and, for test, the validation item) excluded. Metrics are named
 ``full/<scenario>/Recall@K`` and ``full/<scenario>/NDCG@K``; ``full/Recall@K``,
 ``full/NDCG@K`` are their means over scenarios (``full/HR@K`` equals ``full/Recall@K``: one
-held-out item per user and scenario). Early stopping uses ``train.metric`` (e.g.
+held-out item per user and scenario). The model never trains on a user's interaction
+that is not strictly earlier than its validation item of another scenario (the cross-scenario
+time cut of :mod:`.data`). Early stopping uses ``train.metric`` (e.g.
 ``full/NDCG@20``) from fine-tuning epoch evaluations only.
 """
 

@@ -7,11 +7,18 @@ so the run summary names the target domain and its sizes.
 
 Training [INF]: one step = one epoch. Every user with at least two target-domain training
 items gives ``cuts_per_user`` samples per epoch: a seeded cut ``t`` of its target training
-sequence, input = the ``max_len`` items before ``t``, label = the item at ``t``; its source input
-is its whole source-domain *training* sequence (source held-out items are never shown). Adam
+sequence, input = the ``max_len`` items before ``t``, label = the item at ``t``. Adam
 (``train.lr``, ``train.weight_decay``). Prototypes are refreshed by k-means (seed = run seed +
 epoch) on every user's source and target vectors at the start of epochs ``0, r, 2r, ...``
 (``r = refresh_every``) and live in the model's buffers, so they are checkpointed.
+
+Source input (no future leakage; :mod:`fedrec.data.domains`, step 7): the user's source-domain
+*training* items (source held-out items are never shown) that are **strictly earlier** than
+the target item being predicted at the split's cut: in training (and the prototype refresh) and
+for the validation item, earlier than the user's target *validation* item; for the test item,
+earlier than its target *test* item. A source item with the same timestamp as that target
+item is left out. Users without a held-out target item (not evaluated) see their whole source
+training sequence.
 
 Evaluation (the metric names carry the protocol): ``full/HR@k``, ``full/NDCG@k`` — full ranking
 of the user's held-out target item among all target items, the items of its visible target
@@ -100,6 +107,10 @@ class SITNTrainer(EpochTrainer):
                                 name=f"{d.name}:{self.tgt}")
         self.item_genre = {dom: torch.as_tensor(d.item_genre[dom], device=self.device)
                            for dom in d.domains}
+        # source inputs cut at the target held-out item's time (module docstring)
+        self.src_hist = {"train": d.before(self.src, d.cutoff(self.tgt, "train")),
+                         "test": d.before(self.src, d.cutoff(self.tgt, "test"))}
+        self.src_hist["valid"] = self.src_hist["train"]  # the same cut: the validation item
         lengths = np.array([len(s) for s in d.train[self.tgt]])
         self.users = np.flatnonzero(lengths >= 2)
         if len(self.users) == 0:
@@ -118,10 +129,12 @@ class SITNTrainer(EpochTrainer):
 
     # ------------------------------------------------------------------ batches
     def make_batch(self, users: np.ndarray, tgt_inputs: list[np.ndarray],
-                   pos: np.ndarray | None = None, key: int = 0) -> dict[str, torch.Tensor]:
-        """Tensors of one batch: target inputs, the users' source training sequences, genres."""
+                   pos: np.ndarray | None = None, key: int = 0,
+                   split: str = "train") -> dict[str, torch.Tensor]:
+        """Tensors of one batch: target inputs, the users' source training items earlier than
+        ``split``'s cut (``"train"``, ``"valid"``, ``"test"``; module docstring), genres."""
         d, m, dev = self.data, self.ctx.model, self.device
-        src = pad_left([d.train[self.src][u] for u in users], m.max_len)
+        src = pad_left([self.src_hist[split][u] for u in users], m.max_len)
         tgt = pad_left(tgt_inputs, m.max_len)
         batch = {
             "users": torch.as_tensor(users, device=dev),
@@ -204,7 +217,7 @@ class SITNTrainer(EpochTrainer):
         parts: dict[str, list[torch.Tensor]] = {}
         for lo in range(0, len(users), self.ctx.cfg.eval.batch_users):
             u = users[lo:lo + self.ctx.cfg.eval.batch_users]
-            rep = m.interests(self.make_batch(u, [hist[x] for x in u]))
+            rep = m.interests(self.make_batch(u, [hist[x] for x in u], split=split))
             scores = m.scores_from(rep["u"], table).double()
             check_scores(scores)
             scores[:, 0] = -torch.inf
