@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedrec.errors import DatasetNotFoundError
 
@@ -308,6 +309,13 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def _entry(table: dict[str, Any], name: str, kind: str) -> Any:
+    """``table[name]``, or :class:`DatasetNotFoundError` listing the valid names."""
+    if name not in table:
+        raise DatasetNotFoundError(f"unknown {kind} {name!r}; expected one of {', '.join(table)}")
+    return table[name]
+
+
 def get(name: str) -> DatasetInfo:
     """The registry entry of ``name``.
 
@@ -316,12 +324,7 @@ def get(name: str) -> DatasetInfo:
     DatasetNotFoundError
         Unknown name (the message lists the valid ones).
     """
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DatasetNotFoundError(
-            f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}"
-        ) from None
+    return _entry(DATASETS, name, "dataset")
 
 
 def data_root(root: str | None = None) -> Path | None:
@@ -460,10 +463,4 @@ def get_timeseries(name: str) -> TimeSeriesInfo:
     DatasetNotFoundError
         Unknown name (the message lists the valid ones).
     """
-    try:
-        return TIMESERIES_DATASETS[name]
-    except KeyError:
-        raise DatasetNotFoundError(
-            f"unknown time-series dataset {name!r}; expected one of "
-            f"{', '.join(TIMESERIES_DATASETS)}"
-        ) from None
+    return _entry(TIMESERIES_DATASETS, name, "time-series dataset")
