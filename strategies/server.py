@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from defenses.base import AggregationContext, Defense
+from defenses.linalg import client_sq_norms
 from strategies.optimizer import ServerOptimizer
-from strategies.validation import finite_rows, log_rejections, nonfinite_keys, update_norms
+from strategies.validation import finite_rows, log_rejections, nonfinite_keys
 
 log = logging.getLogger("fedrec")
 
@@ -125,7 +126,7 @@ class ServerAggregator:
         ok = finite_rows(stacked).numpy()
         reasons = {int(c): "non-finite values" for c in ids[~ok]}
         if self.max_update_norm is not None:
-            norms = update_norms(stacked).numpy()
+            norms = client_sq_norms(stacked).sqrt().numpy()
             too_big = ok & (norms > self.max_update_norm)
             reasons.update({int(c): f"L2 norm {n:.4g} > federation.max_update_norm="
                             f"{self.max_update_norm:g}"

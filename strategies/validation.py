@@ -56,16 +56,6 @@ def finite_rows(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return ok
 
 
-def update_norms(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``float64[n]``: each client's update L2 norm over all parameters."""
-    total = None
-    for value in stacked.values():
-        sq = value.reshape(value.shape[0], -1).to(torch.float64).square().sum(1)
-        total = sq if total is None else total + sq
-    assert total is not None
-    return total.sqrt()
-
-
 def nonfinite_keys(tensors: Mapping[str, torch.Tensor]) -> str:
     """Comma-separated names of the tensors holding NaN or an infinity ('' when all finite)."""
     bad = [n for n, v in tensors.items() if not bool(torch.isfinite(v).all())]

@@ -77,9 +77,10 @@ class FederatedTrainer(FederatedTrainerBase):
         if nonfinite_keys(total) or (mal_stacked is not None and not bool(finite_rows(mal_stacked).all())):
             return None, losses
         k = len(benign)
-        for j in range(len(mal)):
+        if mal_stacked is not None:  # the attackers' share in one product per parameter
             for n in total:
-                total[n] = total[n] + coef[k + j].to(total[n].dtype) * mal_stacked[n][j]
+                share = torch.tensordot(coef[k:].to(total[n].dtype), mal_stacked[n], dims=1)
+                total[n] = total[n] + share
         all_ids = np.concatenate([benign, mal]).astype(np.int64)
         report = RoundReport(all_ids, np.ones(len(all_ids), dtype=bool))
         return self.aggregator.conclude(self.params, total, report, step, rc.epoch), losses
