@@ -213,9 +213,12 @@ class RunDir:
 
 # ----------------------------------------------------------------------------- resume policy
 
-#: keys that change only speed or where output goes: they may differ on ``--resume``
+#: keys that change only speed, where output goes, or where the shared data directory is mounted
+#: (``data.root``: the dataset itself is named by ``data.name``; a run moved to another machine, or
+#: the Flower engine, which makes the root absolute for its workers, sees another path): they may
+#: differ on ``--resume``
 RESUME_FREE_KEYS = ("name", "output_dir", "threads", "eval.batch_users", "federation.ray_address",
-                    "federation.cpus_per_client", "federation.checkpoint_every")
+                    "federation.cpus_per_client", "federation.checkpoint_every", "data.root")
 #: step counts ``--resume`` may raise: the run continues up to the new count (the schedule, the
 #: learning-rate steps and the data order of the first steps do not depend on the total)
 RESUME_EXTENDABLE_KEYS = ("train.epochs", "federation.epochs", "federation.rounds")
