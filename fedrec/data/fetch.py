@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.data.dataset import SequenceDataset
 from fedrec.data.formats import (
     _id,
     _int,
@@ -138,13 +137,6 @@ class Normalised:
             return None
         rows = (f"{i}\t{int(o)}\n" for i, o in enumerate(self.item_ids[1:].tolist(), 1))
         return "item_id\tsource_item_id\n" + "".join(rows)
-
-    def to_dataset(self, name: str = "dataset") -> SequenceDataset:
-        """As a :class:`SequenceDataset`."""
-        return SequenceDataset(
-            self.sequences, self.n_items, name, item_ids=self.item_ids,
-            user_ids=np.arange(1, len(self.sequences) + 1),
-        )
 
 
 def compact_items(seqs: list[np.ndarray]) -> Normalised:
