@@ -128,3 +128,32 @@ def verify(
     typer.echo(f"{len(results) - n_bad} passed, {n_bad} failed")
     if n_bad:
         raise typer.Exit(1)
+
+
+@app.command("embed")
+def embed(
+    name: Annotated[str, typer.Argument(help="ml-100k, ml-1m or steam.")],
+    root: Annotated[Optional[Path], typer.Option(help="Dataset root (default: $FEDREC_DATA).")]
+    = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Cache root (default: $FEDREC_CACHE or ~/.cache/fedrec).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per encoder batch.")] = 64,
+) -> None:
+    """Compute (or resume) the MiniLM embeddings of the items' titles and genres, cached
+    outside the repository (fedrec.data.item_text); print the cache file."""
+    from fedrec.data.item_text import load_side_info, text_cache_folder, text_embeddings
+    from fedrec.data.registry import cache_dir, data_root
+
+    _check_root(root)
+    base = data_root(str(root) if root else None)
+    if base is None:
+        _fail(FedRecError("no dataset root: pass --root or set FEDREC_DATA"))
+    try:
+        info = load_side_info(name, base)
+        out = cache if cache is not None else cache_dir()
+        emb = text_embeddings(info, out, batch_size=batch_size)
+    except (FedRecError, ValueError) as exc:
+        _fail(exc)
+    n_text = int(info.has_meta.sum())
+    typer.echo(f"{text_cache_folder(info, out, 64) / 'embeddings.npy'}  items={info.n_items} "
+               f"with_text={n_text} dim={emb.shape[1]}")
