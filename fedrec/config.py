@@ -107,6 +107,7 @@ class SyntheticConfig(Section):
     switch: float = Field(0.3, ge=0, le=1)
     interest_alpha: float = Field(0.3, gt=0)
     seed: Seed = 0
+    generator: Literal["sequential", "vectorized"] = "sequential"
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticConfig:

@@ -40,6 +40,11 @@ class SequenceDataset:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.sequences:
+            return
+        flat = np.concatenate(self.sequences)  # one check for all users (10^6 users: < 1 s)
+        if not flat.size or (flat.min() >= 1 and flat.max() <= self.n_items):
+            return
         for u, seq in enumerate(self.sequences):
             if seq.size and (seq.min() < 1 or seq.max() > self.n_items):
                 raise DataFormatError(

@@ -24,7 +24,24 @@ Generative model (all draws from ``numpy.random.Generator(PCG64(seed))``):
 With the defaults the next item is largely predictable from the previous one, so a sequential
 model (SASRec) beats a most-popular recommender by a wide margin, while popularity alone is a
 meaningful baseline. Output is a :class:`~fedrec.data.dataset.SequenceDataset`; it is
-deterministic in ``seed`` and the size parameters.
+deterministic in ``seed``, the size parameters and ``generator``.
+
+Two implementations of this model (``generator``):
+
+* ``"sequential"`` (the default, kept so that every existing seed gives the same data): one
+  user and one draw at a time. ``Generator.choice(p=...)`` rebuilds the cumulative
+  distribution of a whole interest group at every draw, and each item's successors are drawn
+  from its group the same way, so it costs O(interactions · items / interests +
+  items² / interests) in Python: 100k users took 52 s, and a catalog of 10^6 items did not
+  finish in 25 minutes.
+* ``"vectorized"``: the same generative model drawn with numpy over all users at once. Time
+  step ``t`` is one vectorised draw for every user whose sequence is longer than ``t``
+  (users sorted by length); group draws are one ``searchsorted`` into a cumulative popularity
+  table built once; successors are drawn column by column with rejection of repeats (the
+  sequential without-replacement draw). Cost O(interactions + Σ_u len_u² + items ·
+  n_successors · log items), memory O(interactions + users · n_interests). Its draws come in
+  a different order, so a seed gives different (equally distributed) data than
+  ``"sequential"``.
 """
 
 from __future__ import annotations
@@ -35,6 +52,9 @@ import numpy as np
 
 from fedrec.data.dataset import SequenceDataset
 from fedrec.errors import ConfigError
+
+#: Implementations of the generative model (see the module docstring).
+GENERATORS = ("sequential", "vectorized")
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,7 @@ class SyntheticSpec:
     switch: float = 0.3
     interest_alpha: float = 0.3
     seed: int = 0
+    generator: str = "sequential"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first out-of-range parameter."""
@@ -70,6 +91,7 @@ class SyntheticSpec:
             ("markov", 0 <= self.markov <= 1, "in [0, 1]"),
             ("switch", 0 <= self.switch <= 1, "in [0, 1]"),
             ("interest_alpha", self.interest_alpha > 0, "> 0"),
+            ("generator", self.generator in GENERATORS, f"one of {', '.join(GENERATORS)}"),
         ]
         for name, ok, expect in checks:
             if not ok:
@@ -97,6 +119,13 @@ def generate(spec: SyntheticSpec | None = None, **overrides: object) -> Sequence
     if overrides:
         spec = SyntheticSpec(**{**asdict(spec), **overrides})
     spec.validate()
+    if spec.generator == "vectorized":
+        flat, offsets = _generate_vectorized(spec)
+        seqs = np.split(flat, offsets[1:-1]) if spec.n_users > 1 else [flat]
+        ds = SequenceDataset(seqs, spec.n_items, "synthetic",
+                             user_ids=np.arange(1, spec.n_users + 1))
+        ds.meta["synthetic"] = asdict(spec)
+        return ds
     rng = np.random.default_rng(spec.seed)
     n, g = spec.n_items, spec.n_interests
 
@@ -154,3 +183,140 @@ def generate(spec: SyntheticSpec | None = None, **overrides: object) -> Sequence
     ds = SequenceDataset(seqs, n, "synthetic", user_ids=np.arange(1, spec.n_users + 1))
     ds.meta["synthetic"] = asdict(spec)
     return ds
+
+
+# ---------------------------------------------------------------------------- vectorized
+class _GroupSampler:
+    """Draw items of given interest groups by popularity: one ``searchsorted`` per draw.
+
+    Items are laid out group after group (``order``); ``cum`` is the running popularity mass in
+    that layout, so group ``k`` owns the interval ``(base[k], base[k] + mass[k]]``.
+    """
+
+    def __init__(self, group: np.ndarray, pop: np.ndarray, n_groups: int) -> None:
+        self.order = np.argsort(group, kind="stable")
+        sizes = np.bincount(group, minlength=n_groups)
+        self.start = np.concatenate([[0], np.cumsum(sizes)])
+        self.cum = np.cumsum(pop[self.order])
+        before = np.concatenate([[0.0], self.cum])
+        self.base = before[self.start[:-1]]
+        self.mass = before[self.start[1:]] - self.base
+        self.sizes = sizes
+
+    def draw(self, groups: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Item (0-based) of group ``groups[r]`` for uniform ``u[r]``, ∝ popularity."""
+        pos = np.searchsorted(self.cum, self.base[groups] + u * self.mass[groups], side="right")
+        pos = np.clip(pos, self.start[groups], self.start[groups + 1] - 1)
+        return self.order[pos]
+
+
+def _successors_vectorized(group: np.ndarray, pop: np.ndarray, sampler: _GroupSampler,
+                           n_succ: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_succ`` distinct successors of every item, from its own group, ∝ popularity.
+
+    Column ``j`` is drawn for all items at once and redrawn where it repeats the item or an
+    earlier column (that is the sequential draw without replacement); items whose allowed mass
+    is so small that redraws keep failing get an exact draw of their own.
+    """
+    n = len(group)
+    succ = np.empty((n, n_succ), dtype=np.int64)
+    items = np.arange(n)
+    for j in range(n_succ):
+        todo = items
+        for _ in range(64):
+            cand = sampler.draw(group[todo], rng.random(len(todo)))
+            bad = (cand == todo) | (succ[todo, :j] == cand[:, None]).any(1)
+            succ[todo[~bad], j] = cand[~bad]
+            todo = todo[bad]
+            if not len(todo):
+                break
+        for i in todo:  # rare: exact draw over the group's allowed members
+            k = group[i]
+            members = sampler.order[sampler.start[k]:sampler.start[k + 1]]
+            allowed = members[(members != i) & ~np.isin(members, succ[i, :j])]
+            if not len(allowed):  # a group of one item: the item is its own successor
+                succ[i, j] = i
+                continue
+            p = pop[allowed] / pop[allowed].sum()
+            succ[i, j] = allowed[min(int(np.searchsorted(np.cumsum(p), rng.random(), "right")),
+                                     len(allowed) - 1)]
+    return succ
+
+
+def _draw_rows(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Index drawn from each row's cumulative distribution ``cdf[r]`` (last column 1)."""
+    return np.minimum((cdf <= u[:, None]).sum(1), cdf.shape[1] - 1)
+
+
+def _generate_vectorized(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The generative model drawn over all users at once.
+
+    Returns
+    -------
+    flat : numpy.ndarray
+        All sequences back to back (item ids ``1..n_items``, int64).
+    offsets : numpy.ndarray
+        ``[n_users + 1]``; user ``u``'s sequence is ``flat[offsets[u]:offsets[u + 1]]``.
+    """
+    rng = np.random.default_rng([spec.seed, 1])
+    n, g = spec.n_items, spec.n_interests
+    group = rng.permutation(np.arange(n) % g)
+    ranks = rng.permutation(n) + 1
+    pop = ranks.astype(np.float64) ** (-spec.zipf_a)
+    sampler = _GroupSampler(group, pop, g)
+    n_succ = min(spec.n_successors, max(1, int(sampler.sizes.min()) - 1))
+    succ = _successors_vectorized(group, pop, sampler, n_succ, rng)
+    succ_cdf = np.cumsum(1.0 / np.arange(1, n_succ + 1))
+    succ_cdf = (succ_cdf / succ_cdf[-1])[None, :]
+
+    extra = max(spec.mean_len - spec.min_len, 0.0)
+    sigma = 0.8
+    mu = np.log(max(extra, 1e-6)) - sigma**2 / 2
+    lengths = spec.min_len + rng.poisson(rng.lognormal(mu, sigma, spec.n_users))
+    lengths = np.minimum(lengths, min(spec.max_len, n)).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+
+    # users sorted by length (longest first): the users still drawing at step t are a prefix
+    by_len = np.argsort(-lengths, kind="stable")
+    sorted_len = lengths[by_len]
+    start = offsets[by_len]
+    wcdf = np.cumsum(rng.dirichlet(np.full(g, spec.interest_alpha), size=spec.n_users)[by_len],
+                     axis=1)
+    wcdf /= wcdf[:, -1:]
+    interest = _draw_rows(wcdf, rng.random(spec.n_users))
+    prev = np.full(spec.n_users, -1, dtype=np.int64)
+    flat = np.zeros(int(offsets[-1]), dtype=np.int64)
+    active_at = np.searchsorted(-sorted_len, -np.arange(int(sorted_len.max(initial=0))), "left")
+    for t, a in enumerate(active_at):
+        hist = flat[start[:a, None] + np.arange(t)] if t else None  # [a, t], 0-based items
+        item = np.full(a, -1, dtype=np.int64)
+        todo = np.arange(a)
+        for _attempt in range(8):
+            cand = np.empty(len(todo), dtype=np.int64)
+            markov = (rng.random(len(todo)) < spec.markov) if t else np.zeros(len(todo), bool)
+            mk, pk = np.flatnonzero(markov), np.flatnonzero(~markov)
+            if len(mk):
+                slot = _draw_rows(succ_cdf, rng.random(len(mk)))
+                cand[mk] = succ[prev[todo[mk]], slot]
+            if t and len(pk):
+                sw = todo[pk[rng.random(len(pk)) < spec.switch]]
+                interest[sw] = _draw_rows(wcdf[sw], rng.random(len(sw)))
+            cand[pk] = sampler.draw(interest[todo[pk]], rng.random(len(pk)))
+            ok = ~(hist[todo] == cand[:, None]).any(1) if t else np.ones(len(todo), bool)
+            item[todo[ok]] = cand[ok]
+            todo = todo[~ok]
+            if not len(todo):
+                break
+        for _ in range(64):  # fall back to any unseen item (rare: tiny vocabularies)
+            if not len(todo):
+                break
+            cand = rng.integers(0, n, len(todo))
+            ok = ~(hist[todo] == cand[:, None]).any(1)
+            item[todo[ok]] = cand[ok]
+            todo = todo[~ok]
+        for r in todo:
+            unseen = np.setdiff1d(np.arange(n), hist[r])
+            item[r] = unseen[rng.integers(len(unseen))]
+        flat[start[:a] + t] = item
+        prev[:a] = item
+    return flat + 1, offsets
