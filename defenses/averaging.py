@@ -37,6 +37,7 @@ def linear_aggregate(stacked: Stacked, coef: Tensor) -> dict[str, Tensor]:
 
 class _Linear(Defense):
     linear = True
+    sparse_rows = True
 
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext

@@ -44,9 +44,11 @@ import torch
 from torch import Tensor
 
 from fedrec.errors import ConfigError
+from fedrec.rowsparse import RowSparse, densify
 
 Stacked = Mapping[str, Tensor]
-"""``param_name -> Tensor[n_clients, *param_shape]`` (float32)."""
+"""``param_name -> Tensor[n_clients, *param_shape]`` (float32); an item table may be a
+:class:`fedrec.rowsparse.RowSparse` standing for that tensor."""
 
 
 @dataclass
@@ -121,6 +123,10 @@ class Defense(ABC):
     #: aggregates each item row over the clients whose update touches it, so on sparse rows
     #: the per-client ``info`` is not a permutation-equivariant function of the clients alone
     rowwise: ClassVar[bool] = False
+    #: :meth:`_aggregate` takes :class:`fedrec.rowsparse.RowSparse` item tables as they are
+    #: (through the helpers of :mod:`defenses.linalg`); otherwise :meth:`aggregate` densifies
+    #: them first. Either way the result equals the dense one.
+    sparse_rows: ClassVar[bool] = False
 
     def coefficients(self, weights: Tensor) -> Tensor:
         """Per-client coefficients of a linear rule (``result = sum_i c_i * update_i``).
@@ -171,6 +177,8 @@ class Defense(ABC):
         """
         validate_inputs(stacked, weights)
         weights = weights.to(dtype=torch.float64)
+        if not self.sparse_rows and any(isinstance(v, RowSparse) for v in stacked.values()):
+            stacked = densify(dict(stacked))
         return self._aggregate(stacked, weights, ctx if ctx is not None else AggregationContext())
 
     __call__ = aggregate
@@ -220,6 +228,15 @@ def validate_inputs(stacked: Stacked, weights: Tensor) -> int:
         raise ValueError("stacked updates: empty mapping; expected at least one parameter")
     n = -1
     for key, value in stacked.items():
+        if isinstance(value, RowSparse):
+            if not value.is_floating_point():
+                raise ValueError(f"stacked[{key!r}]: expected floating rows, got {value.dtype}")
+            n = value.n if n < 0 else n
+            if value.n != n:
+                raise ValueError(
+                    f"stacked[{key!r}]: client dimension {value.n} != {n} of the first param"
+                )
+            continue
         if not isinstance(value, Tensor) or value.dim() < 1:
             raise ValueError(f"stacked[{key!r}]: expected a Tensor[n_clients, ...]")
         if not value.is_floating_point():

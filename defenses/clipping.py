@@ -66,6 +66,7 @@ class NormBound(Defense):
     """
 
     name = "norm_bound"
+    sparse_rows = True
     homogeneous = False  # fixed radius tau
 
     def __init__(self, tau: float) -> None:

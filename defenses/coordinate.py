@@ -18,14 +18,25 @@ largest value of each coordinate). Updates are assumed finite.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from fedrec.errors import ConfigError
 
+from fedrec.rowsparse import RowSparse
+
 from .base import AggregationContext, AggregationInfo, Defense, Stacked, all_kept
 
-__all__ = ["Median", "TrimmedMean", "coordinate_median", "coordinate_trimmed_mean", "trim_count"]
+__all__ = [
+    "Median",
+    "TrimmedMean",
+    "columnwise",
+    "coordinate_median",
+    "coordinate_trimmed_mean",
+    "trim_count",
+]
 
 
 def coordinate_median(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,16 +111,53 @@ def coordinate_trimmed_mean(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return total / (n - 2 * k), shares
 
 
+def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tensor]]
+               ) -> tuple[Tensor, Tensor, int]:
+    """Apply a column rule to one stacked parameter.
+
+    Parameters
+    ----------
+    x : Tensor | RowSparse
+        ``[n, *shape]``. A :class:`RowSparse` table is compacted to the rows anyone touched
+        (``[n, U * row_dim]``); every other column is zero for all clients, so the rule runs on
+        one all-zero column standing for all of them, whose value fills those rows and whose
+        shares count once per untouched column. Memory ``O(n * U * row_dim)``.
+    fn : Callable
+        ``fn(cols [n, N]) -> (values [N], shares float64[n] summed over the columns)``.
+
+    Returns
+    -------
+    value : Tensor
+        ``[*shape]``.
+    shares : Tensor
+        ``float64[n]`` summed over all columns.
+    cols : int
+        Number of columns.
+    """
+    if not isinstance(x, RowSparse):
+        n = x.shape[0]
+        value, s = fn(x.reshape(n, -1))
+        return value.reshape(x.shape[1:]), s, value.numel()
+    uids, vals = x.compact()
+    value, s = fn(vals.reshape(x.n, -1))
+    untouched = (x.n_rows - uids.numel()) * x.row_dim
+    out = torch.zeros((x.n_rows, *x.row_shape), dtype=value.dtype)
+    if untouched:
+        zero_value, zero_shares = fn(torch.zeros(x.n, 1, dtype=x.dtype))
+        s = s + zero_shares * untouched
+        out.fill_(float(zero_value[0]))
+    out[uids] = value.reshape(uids.numel(), *x.row_shape)
+    return out, s, x.n_rows * x.row_dim
+
+
 def _per_param(stacked: Stacked, fn) -> tuple[dict[str, Tensor], Tensor, int]:
     out: dict[str, Tensor] = {}
     shares: Tensor | None = None
     cols = 0
     for key, x in stacked.items():
-        n = x.shape[0]
-        value, s = fn(x.reshape(n, -1))
-        out[key] = value.reshape(x.shape[1:])
+        out[key], s, c = columnwise(x, fn)
         shares = s if shares is None else shares + s
-        cols += value.numel()
+        cols += c
     assert shares is not None
     return out, shares, cols
 
@@ -118,6 +166,7 @@ class Median(Defense):
     """Coordinate-wise median (Yin et al., ICML 2018); unweighted, tolerates ``f < n/2``."""
 
     name = "median"
+    sparse_rows = True
 
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
@@ -137,6 +186,7 @@ class TrimmedMean(Defense):
     """
 
     name = "trimmed_mean"
+    sparse_rows = True
 
     def __init__(self, beta: float = 0.2) -> None:
         if not 0.0 <= beta < 0.5:

@@ -32,9 +32,10 @@ import torch
 from torch import Tensor
 
 from fedrec.errors import ConfigError
+from fedrec.rowsparse import RowSparse
 
 from .base import AggregationContext, AggregationInfo, Defense, Stacked, check_n_dependent
-from .coordinate import coordinate_median
+from .coordinate import columnwise, coordinate_median
 from .linalg import combine, gram, pairwise_sq_dists, sq_dists_from_gram
 
 __all__ = [
@@ -151,6 +152,7 @@ class Krum(Defense):
     """
 
     name = "krum"
+    sparse_rows = True
 
     def __init__(self, f: int) -> None:
         self.f = _check_f(self.name, f)
@@ -183,6 +185,7 @@ class MultiKrum(Defense):
     """
 
     name = "multi_krum"
+    sparse_rows = True
 
     def __init__(self, f: int, m: int | None = None) -> None:
         self.f = _check_f(self.name, f)
@@ -224,6 +227,7 @@ class Bulyan(Defense):
     """
 
     name = "bulyan"
+    sparse_rows = True
 
     def __init__(self, f: int) -> None:
         self.f = _check_f(self.name, f)
@@ -245,11 +249,10 @@ class Bulyan(Defense):
         shares_sel = torch.zeros(theta, dtype=torch.float64)
         cols = 0
         for key, x in stacked.items():
-            xs = x.reshape(n, -1)[sel]
-            value, s = bulyan_coordinate(xs, beta)
-            out[key] = value.reshape(x.shape[1:])
+            xs = x.select(sel) if isinstance(x, RowSparse) else x[sel]
+            out[key], s, c = columnwise(xs, lambda cols_: bulyan_coordinate(cols_, beta))
             shares_sel += s
-            cols += value.numel()
+            cols += c
         shares = torch.zeros(n, dtype=torch.float64)
         shares[sel] = shares_sel / cols
         kept = torch.zeros(n, dtype=torch.bool)

@@ -148,6 +148,7 @@ class GeometricMedian(Defense):
     """
 
     name = "geometric_median"
+    sparse_rows = True
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from fedrec.errors import ConfigError
+from fedrec.rowsparse import RowSparse, densify
 
 from .base import (
     AggregationContext,
@@ -57,7 +58,16 @@ from .base import (
 from .clipping import clip_scales
 from .coordinate import coordinate_median, coordinate_trimmed_mean, trim_count
 from .distance import krum_select_from_dists
-from .linalg import client_sq_norms, combine, gram, row_blocks, sq_dists_from_gram, touched_rows
+from .linalg import (
+    client_sq_norms,
+    combine,
+    gram,
+    row_blocks,
+    sparse_block_values,
+    sparse_row_blocks,
+    sq_dists_from_gram,
+    touched_rows,
+)
 
 __all__ = [
     "ItemwiseKrum",
@@ -71,14 +81,15 @@ RowFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def itemwise_aggregate(
-    table: Tensor, weights: Tensor, row_fn: RowFn, touched: Tensor | None = None
+    table: Tensor | RowSparse, weights: Tensor, row_fn: RowFn, touched: Tensor | None = None
 ) -> tuple[Tensor, Tensor, int]:
     """Aggregate every row of an item table over the clients that touch it.
 
     Parameters
     ----------
-    table : Tensor
-        ``[n, n_rows, *row_shape]`` stacked item-table updates.
+    table : Tensor | RowSparse
+        ``[n, n_rows, *row_shape]`` stacked item-table updates; a :class:`RowSparse` is read
+        block by block from its stored rows (same blocks, same result).
     weights : Tensor
         ``[n]`` example counts.
     row_fn : Callable
@@ -99,18 +110,24 @@ def itemwise_aggregate(
         Number of output coordinates that received a contribution.
     """
     n, n_rows = table.shape[:2]
-    x = table.reshape(n, n_rows, -1)
-    d = x.shape[2]
-    if touched is None:
-        touched = touched_rows(table)
+    if isinstance(table, RowSparse):
+        d = table.row_dim
+        blocks = ((rows, members, counts, sparse_block_values(table, entries, counts))
+                  for rows, members, counts, entries in sparse_row_blocks(table))
+    else:
+        x = table.reshape(n, n_rows, -1)
+        d = x.shape[2]
+        if touched is None:
+            touched = touched_rows(table)
+        blocks = ((rows, members, counts, x[members, rows[:, None]])
+                  for rows, members, counts in row_blocks(touched, d))
     out = torch.zeros(n_rows, d, dtype=table.dtype)
     shares = torch.zeros(n, dtype=torch.float64)
     covered = 0
     w64 = weights.to(torch.float64)
-    for rows, members, counts in row_blocks(touched, d):
+    for rows, members, counts, values in blocks:  # values [B, C, d]
         cm = members.shape[1]
         valid = torch.arange(cm)[None, :] < counts[:, None]
-        values = x[members, rows[:, None]]  # [B, C, d]
         w = torch.where(valid, w64[members], torch.zeros((), dtype=torch.float64))
         rows_out, member_shares = row_fn(values, valid, counts, w)
         out[rows] = rows_out.to(table.dtype)
@@ -230,6 +247,7 @@ class _ItemWise(Defense):
     """Shared driver: item tables through a row rule, other params through ``_dense``."""
 
     rowwise = True
+    sparse_rows = True
 
     def _row_fn(self, n: int) -> RowFn:
         raise NotImplementedError
@@ -245,7 +263,7 @@ class _ItemWise(Defense):
     ) -> tuple[dict[str, Tensor], AggregationInfo]:
         items = check_item_params(self.name, stacked, ctx)
         n = weights.shape[0]
-        dense = {k: v for k, v in stacked.items() if k not in items}
+        dense = densify({k: v for k, v in stacked.items() if k not in items})
         shares = torch.zeros(n, dtype=torch.float64)
         covered = 0
         kept = all_kept(n)
@@ -259,12 +277,13 @@ class _ItemWise(Defense):
         row_fn = self._row_fn(n)
         touched_total = 0
         for key in items:
-            touched = touched_rows(stacked[key])
-            out, s, cols = itemwise_aggregate(stacked[key], weights, row_fn, touched)
+            table = stacked[key]
+            touched = None if isinstance(table, RowSparse) else touched_rows(table)
+            out, s, cols = itemwise_aggregate(table, weights, row_fn, touched)
             result[key] = out
             shares += s
             covered += cols
-            touched_total += int(touched.sum())
+            touched_total += table.nnz if touched is None else int(touched.sum())
         weights_out = shares / covered if covered > 0 else shares
         extra = {"touched_rows_per_client": touched_total / n}
         kept &= self._row_kept(stacked, items, n)
@@ -404,6 +423,10 @@ class ItemwiseNormBound(_ItemWise):
         kept = all_kept(n)
         for key in items:
             t = stacked[key]
+            if isinstance(t, RowSparse):
+                over = t.row_sq_norms().sqrt() > self.tau
+                kept[t.clients[over]] = False
+                continue
             rows = t.shape[1]
             row_norms = torch.linalg.vector_norm(t.reshape(n, rows, -1), dim=2)
             kept &= ~(row_norms > self.tau).any(dim=1)

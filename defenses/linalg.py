@@ -9,7 +9,10 @@ iterate over padded blocks of rows grouped by how many clients touch them (:func
 
 All helpers take the stacked updates of the defense contract (:data:`defenses.base.Stacked`,
 ``param_name -> Tensor[n_clients, *param_shape]``) or one ``[n, ...]`` tensor, and are pure
-tensor math.
+tensor math. An item table may also come as a :class:`fedrec.rowsparse.RowSparse` (the
+clients' touched rows only); :func:`gram`, :func:`client_sq_norms`, :func:`client_dots` and
+:func:`combine` then work on its stored rows without densifying it, and
+:func:`sparse_row_blocks` yields the same blocks as :func:`row_blocks` does on its dense form.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
+
+from fedrec.rowsparse import RowSparse
 
 from .base import Stacked
 
@@ -108,6 +113,48 @@ def row_blocks(touched: Tensor, row_dim: int) -> Iterator[tuple[Tensor, Tensor, 
             yield active[part], members_all[part, :cm], act_counts[part]
 
 
+def sparse_row_blocks(x: RowSparse) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """:func:`row_blocks` over the stored rows of a row-sparse stack.
+
+    The blocks, their order and their members are those :func:`row_blocks` yields for
+    ``x.to_dense()``; the work and memory are ``O(n * U)`` for the ``U`` rows touched by anyone.
+
+    Parameters
+    ----------
+    x : RowSparse
+        ``n`` clients' rows of an ``[n_rows, *row_shape]`` table.
+
+    Yields
+    ------
+    rows : Tensor
+        ``int64[B]`` table row ids.
+    members : Tensor
+        ``int64[B, C]`` client indices (see :func:`row_blocks`).
+    counts : Tensor
+        ``int64[B]`` touching clients per row.
+    entries : Tensor
+        ``int64[B, C]``: index into ``x.rows`` of ``members[b, p]``'s row ``rows[b]`` (0 on
+        padding positions ``p >= counts[b]``).
+    """
+    uids, inv = x.touched_union()
+    touched = torch.zeros(x.n, uids.numel(), dtype=torch.bool)
+    touched[x.clients, inv] = True
+    pos = torch.zeros(x.n, uids.numel(), dtype=torch.long)
+    pos[x.clients, inv] = torch.arange(x.nnz)
+    for cols, members, counts in row_blocks(touched, x.row_dim):
+        valid = torch.arange(members.shape[1])[None, :] < counts[:, None]
+        entries = torch.where(valid, pos[members, cols[:, None]], torch.zeros((), dtype=torch.long))
+        yield uids[cols], members, counts, entries
+
+
+def sparse_block_values(x: RowSparse, entries: Tensor, counts: Tensor) -> Tensor:
+    """``[B, C, row_dim]`` values of a block from :func:`sparse_row_blocks` (zeros on padding,
+    as the dense table holds there)."""
+    valid = torch.arange(entries.shape[1])[None, :] < counts[:, None]
+    values = x.flat_rows()[entries]
+    return torch.where(valid[:, :, None], values, torch.zeros((), dtype=values.dtype))
+
+
 def touched_rows(table: Tensor) -> Tensor:
     """``bool[n, n_rows]``: client ``i`` touches row ``r`` iff that row has a nonzero entry."""
     n, rows = table.shape[:2]
@@ -116,7 +163,7 @@ def touched_rows(table: Tensor) -> Tensor:
     return torch.linalg.vector_norm(table.reshape(n, rows, -1), ord=1, dim=2) > 0
 
 
-def row_sparse_gram(table: Tensor, touched: Tensor | None = None) -> Tensor:
+def row_sparse_gram(table: Tensor | RowSparse, touched: Tensor | None = None) -> Tensor:
     """Float64 Gram matrix of a table whose clients touch few rows, without densifying.
 
     ``G = sum_r X_r X_r^T`` where ``X_r`` holds row ``r`` of the clients touching it; the cost
@@ -124,16 +171,18 @@ def row_sparse_gram(table: Tensor, touched: Tensor | None = None) -> Tensor:
 
     Parameters
     ----------
-    table : Tensor
-        ``[n, n_rows, *row_shape]``.
+    table : Tensor | RowSparse
+        ``[n, n_rows, *row_shape]`` (a :class:`RowSparse` is used as stored).
     touched : Tensor | None
-        ``bool[n, n_rows]`` (computed if omitted).
+        ``bool[n, n_rows]`` (computed if omitted; ignored for a :class:`RowSparse`).
 
     Returns
     -------
     Tensor
         ``float64[n, n]``.
     """
+    if isinstance(table, RowSparse):
+        return _row_sparse_gram_stored(table)
     n, n_rows = table.shape[:2]
     x = table.reshape(n, n_rows, -1)
     if touched is None:
@@ -143,6 +192,19 @@ def row_sparse_gram(table: Tensor, touched: Tensor | None = None) -> Tensor:
         cm = members.shape[1]
         valid = torch.arange(cm)[None, :] < counts[:, None]
         v = x[members, rows[:, None]].to(torch.float64) * valid[:, :, None]
+        gb = torch.bmm(v, v.transpose(1, 2))
+        ii = members[:, :, None].expand(-1, cm, cm).reshape(-1)
+        jj = members[:, None, :].expand(-1, cm, cm).reshape(-1)
+        g.index_put_((ii, jj), gb.reshape(-1), accumulate=True)
+    return g
+
+
+def _row_sparse_gram_stored(x: RowSparse) -> Tensor:
+    """:func:`row_sparse_gram` of a :class:`RowSparse` (same blocks, same summation order)."""
+    g = torch.zeros(x.n, x.n, dtype=torch.float64)
+    for _, members, counts, entries in sparse_row_blocks(x):
+        cm = members.shape[1]
+        v = sparse_block_values(x, entries, counts).to(torch.float64)
         gb = torch.bmm(v, v.transpose(1, 2))
         ii = members[:, :, None].expand(-1, cm, cm).reshape(-1)
         jj = members[:, None, :].expand(-1, cm, cm).reshape(-1)
@@ -177,6 +239,9 @@ def gram(stacked: Stacked | Tensor, center: bool = False) -> Tensor:
     n = tensors[0].shape[0]
     g = torch.zeros(n, n, dtype=torch.float64)
     for t in tensors:
+        if isinstance(t, RowSparse):  # already row-sparse: its stored rows only, never centred
+            g += _row_sparse_gram_stored(t)
+            continue
         if t.dim() >= 3 and t.shape[1] >= 8:
             touched = touched_rows(t)
             if float(touched.double().mean()) < SPARSE_ROW_DENSITY:
@@ -214,13 +279,17 @@ def client_sq_norms(stacked: Stacked, keys: list[str] | tuple[str, ...] | None =
     """Squared L2 norm of each client's update over ``keys`` (default: all), float64 ``[n]``.
 
     Each param's norm is computed in its own dtype (``torch.linalg.vector_norm``), then
-    squared and summed in float64.
+    squared and summed in float64 (a :class:`RowSparse` table: its stored rows, in float64).
     """
     keys = list(stacked) if keys is None else list(keys)
     n = stacked[keys[0]].shape[0]
     total = torch.zeros(n, dtype=torch.float64)
     for k in keys:
-        total += torch.linalg.vector_norm(stacked[k].reshape(n, -1), dim=1).double().pow(2)
+        x = stacked[k]
+        if isinstance(x, RowSparse):
+            total += x.sq_norms()
+            continue
+        total += torch.linalg.vector_norm(x.reshape(n, -1), dim=1).double().pow(2)
     return total
 
 
@@ -229,11 +298,13 @@ def client_dots(x: Tensor, vec: Tensor) -> Tensor:
 
     Parameters
     ----------
-    x : Tensor
+    x : Tensor | RowSparse
         ``[n, *shape]`` one stacked parameter.
     vec : Tensor
         ``[*shape]`` or flat vector of the same number of elements.
     """
+    if isinstance(x, RowSparse):
+        return x.dots(vec)
     n = x.shape[0]
     return (x.reshape(n, -1) @ vec.reshape(-1).to(x.dtype)).double()
 
@@ -248,6 +319,9 @@ def combine(stacked: Stacked, coef: Tensor, keys: list[str] | tuple[str, ...] | 
     out: dict[str, Tensor] = {}
     for k in keys:
         x = stacked[k]
+        if isinstance(x, RowSparse):
+            out[k] = x.combine(coef)
+            continue
         n = x.shape[0]
         out[k] = (coef.to(x.dtype) @ x.reshape(n, -1)).reshape(x.shape[1:])
     return out

@@ -224,6 +224,7 @@ class Flame(Defense):
     """
 
     name = "flame"
+    sparse_rows = True
     consensus = False  # adds noise to the result
     idempotent = False
 
@@ -372,6 +373,7 @@ class FLTrust(Defense):
     """FLTrust (Cao et al., NDSS 2021); needs ``ctx.root_update``."""
 
     name = "fltrust"
+    sparse_rows = True
     needs_root_update: ClassVar[bool] = True
 
     def _aggregate(

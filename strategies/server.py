@@ -2,7 +2,10 @@
 
 ``stacked client updates → validation → defense → checks → server optimizer → checks → new
 global parameters``. Both engines call :class:`ServerAggregator`, so a defense or server
-optimizer behaves the same whichever engine produced the updates.
+optimizer behaves the same whichever engine produced the updates. An item table may arrive as
+a :class:`fedrec.rowsparse.RowSparse` (the clients' touched rows): validation, the norm guard
+and the client selection work on its stored rows, and the defense decides whether it needs
+the dense form (:attr:`defenses.base.Defense.sparse_rows`).
 
 Validation drops an update that holds a non-finite value or, with ``max_update_norm``, whose
 L2 norm (over all parameters) exceeds the bound. After the defense, a round whose aggregate or

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from fedrec.rowsparse import RowSparse
+
 log = logging.getLogger("fedrec")
 
 
@@ -46,11 +48,15 @@ def check_update(update: Mapping[str, object], shapes: Mapping[str, tuple[int, .
     return None
 
 
-def finite_rows(stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``bool[n]``: which clients' stacked updates are entirely finite."""
+def finite_rows(stacked: Mapping[str, torch.Tensor | RowSparse]) -> torch.Tensor:
+    """``bool[n]``: which clients' stacked updates are entirely finite (a
+    :class:`~fedrec.rowsparse.RowSparse` table is checked on its stored rows)."""
     ok = None
     for value in stacked.values():
-        row_ok = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+        if isinstance(value, RowSparse):
+            row_ok = value.finite()
+        else:
+            row_ok = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
         ok = row_ok if ok is None else ok & row_ok
     assert ok is not None
     return ok
