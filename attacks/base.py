@@ -51,8 +51,9 @@ class Attack(ABC):
 
     name: ClassVar[str]
     #: Knowledge the attack assumes beyond the global model and its accounts:
-    #: ``"popularity"`` (``attack.knowledge.popularity``) and/or ``"public"``
-    #: (``attack.knowledge.public_fraction > 0``). Checked when the threat model is built.
+    #: ``"popularity"`` (``attack.knowledge.popularity``), ``"public"``
+    #: (``attack.knowledge.public_fraction > 0``) and/or ``"defense"`` (an adaptive attack:
+    #: ``attack.knowledge.defense`` names a rule). Checked when the threat model is built.
     requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, scale: float = 1.0) -> None:

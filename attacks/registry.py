@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from attacks.adaptive import AdaptiveDVFSR, AdaptivePipAttack
+from attacks.alie import ALIE
 from attacks.approx_users import ApproximatedUsersAttack
 from attacks.base import Attack, NoAttack
 from attacks.dvfsr import DVFSR
 from attacks.eb import ExplicitBoosting
 from attacks.fabricated import BandwagonAttack, PopularAttack, RandomAttack
+from attacks.fang import FangKrum, FangTrimmedMean
 from attacks.fedrecattack import FedRecAttack
+from attacks.flipping import LabelFlip
+from attacks.ipm import IPM
+from attacks.minmax import MinMax, MinSum
 from attacks.pipattack import PipAttack
 from attacks.psmu import PSMU
 from fedrec.errors import ConfigError
@@ -34,6 +40,15 @@ ATTACKS: dict[str, type[Attack]] = {
         FedRecAttack,
         ApproximatedUsersAttack,
         PSMU,
+        ALIE,
+        IPM,
+        MinMax,
+        MinSum,
+        FangKrum,
+        FangTrimmedMean,
+        LabelFlip,
+        AdaptiveDVFSR,
+        AdaptivePipAttack,
     )
 }
 
@@ -46,6 +61,8 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     # parameter gradients, so it is uploaded too.
     "dvfsr_ref": ("dvfsr", {"leak_substitution_grad": True}),
     "a_ra": ("a_hum", {"mining_steps": 0}),  # A-ra: A-hum without hard-user mining
+    # the reference-code DV-FSR, constrained to the assumed defense's checks
+    "dvfsr_ref_adaptive": ("dvfsr_adaptive", {"leak_substitution_grad": True}),
 }
 
 

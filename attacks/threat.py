@@ -50,6 +50,11 @@ class ThreatModel:
     lengths : numpy.ndarray or None
         Training-sequence lengths of the benign users: the length distribution fabricated
         profiles are drawn from (public summary statistics, not anyone's items).
+    assumed_defense : str
+        The rule an adaptive attacker assumes (``attack.knowledge.defense``; "none": none).
+    quantile, budget : float
+        Which benign quantile bounds each checked statistic, and the multiplier of it the
+        adaptive attacker allows itself (``attack.knowledge.quantile`` / ``.budget``).
     """
 
     n_users: int
@@ -60,6 +65,9 @@ class ThreatModel:
     public: list[np.ndarray] | None = None
     replaced: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     lengths: np.ndarray | None = None
+    assumed_defense: str = "none"
+    quantile: float = 0.5
+    budget: float = 1.0
 
     @property
     def n_malicious(self) -> int:
@@ -147,6 +155,9 @@ def check_knowledge(cfg: AttackConfig) -> None:
         if key == "public" and cfg.knowledge.public_fraction <= 0:
             raise ConfigError(f"attack.knowledge.public_fraction: attack {cfg.name!r} needs "
                               "public interactions (set attack.knowledge.public_fraction > 0)")
+        if key == "defense" and cfg.knowledge.defense == "none":
+            raise ConfigError(f"attack.knowledge.defense: attack {cfg.name!r} adapts to a defense "
+                              "(set attack.knowledge.defense to the rule it assumes)")
 
 
 def build_threat_model(cfg: AttackConfig, split: LeaveOneOut, seed: int) -> ThreatModel:
@@ -182,4 +193,6 @@ def build_threat_model(cfg: AttackConfig, split: LeaveOneOut, seed: int) -> Thre
             keep = prng.random(len(seq)) < cfg.knowledge.public_fraction
             public.append(seq[keep])
     lengths = np.asarray([len(s) for s in split.train], dtype=np.int64)
-    return ThreatModel(n_users, mal_ids, accounts, targets, popularity, public, replaced, lengths)
+    k = cfg.knowledge
+    return ThreatModel(n_users, mal_ids, accounts, targets, popularity, public, replaced, lengths,
+                       assumed_defense=k.defense, quantile=k.quantile, budget=k.budget)

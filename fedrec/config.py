@@ -280,6 +280,19 @@ class KnowledgeConfig(Section):
 
     popularity: bool = False
     public_fraction: float = Field(0.0, ge=0, le=1)
+    #: The aggregation rule an adaptive attacker assumes the server runs (a registered defense
+    #: name; "none": no assumption). It constrains its upload to pass that rule's checks,
+    #: estimated from its own benign-like updates (attacks/adaptive.py).
+    defense: str = "none"
+    #: Benign quantile of each checked statistic (norm, distance, angle, row norm).
+    quantile: float = Field(0.5, ge=0, le=1)
+    #: Multiplier of that benign statistic the attacker allows itself (1: the quantile itself).
+    budget: float = Field(1.0, gt=0)
+
+    @field_validator("defense")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return value if value == "none" else check_component_name("defense", value)
 
 
 class AttackConfig(Section):

@@ -24,9 +24,10 @@ torch.set_num_threads(1)
 
 # every registered attack and alias: a new attack is covered by the contract tests below
 ALL = [n for n in attack_names() if n != "none"]
-KNOW = {"popularity": True, "public_fraction": 0.3}
+KNOW = {"popularity": True, "public_fraction": 0.3, "defense": "flame"}
 FAST = {"dvfsr": {"repeats": 2}, "s_fsr": {"repeats": 2}, "pipattack": {"estimator_steps": 5},
-        "a_hum": {"mining_steps": 3}}
+        "a_hum": {"mining_steps": 3}, "dvfsr_adaptive": {"repeats": 2},
+        "pipattack_adaptive": {"estimator_steps": 5}}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,10 @@ def _threat(split, name="dvfsr"):
 def test_registry_names():
     assert attack_names() == sorted(["none", "dvfsr_ref", "dvfsr", "s_fsr", "c_fsr", "random",
                                      "popular", "bandwagon", "eb", "pipattack", "fedrecattack",
-                                     "a_ra", "a_hum", "psmu"])
+                                     "a_ra", "a_hum", "psmu", "alie", "ipm", "min_max",
+                                     "min_sum", "fang_krum", "fang_trmean", "label_flip",
+                                     "dvfsr_adaptive", "pipattack_adaptive",
+                                     "dvfsr_ref_adaptive"])
     assert isinstance(build_attack("none", {}), NoAttack)
     assert build_attack("s_fsr", {}).implicit_weight == 0.0 and build_attack("s_fsr", {}).name == "s_fsr"
     assert build_attack("c_fsr", {}).explicit_weight == 0.0
@@ -193,7 +197,7 @@ def test_threat_model_knowledge_and_lengths(split):
 
 
 def _tiny_raw(attack: str, engine: str = "local", protocol: str = "fedsgd") -> dict:
-    know = {"popularity": True, "public_fraction": 0.3}
+    know = dict(KNOW)
     return {
         "mode": "federated",
         "data": {"synthetic": {"n_users": 30, "n_items": 40, "max_len": 20, "mean_len": 8}},
