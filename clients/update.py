@@ -37,8 +37,10 @@ from fedrec.data.random import stream_key
 from fedrec.models import SequentialRecommender
 from fedrec.models.base import load_params
 from fedrec.models.transformer import vmap_safe_attention
+from fedrec.rowsparse import RowSparse
 
 Params = dict[str, torch.Tensor]
+Stacked = dict[str, torch.Tensor | RowSparse]
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,57 @@ def _pad_batch(batch: dict[str, torch.Tensor], width: int) -> dict[str, torch.Te
     return out
 
 
+def sparse_item_support(model: SequentialRecommender) -> str | None:
+    """Why ``model``'s item-table updates cannot be computed row-sparse (None when they can).
+
+    They can when the model declares :attr:`~fedrec.models.base.SequentialRecommender.
+    sparse_item_grads` (its item table is read only by looking up the batch's item ids), uses
+    the BCE loss (a full softmax touches every row) and has exactly one item table.
+    """
+    if not getattr(model, "sparse_item_grads", False):
+        return f"{type(model).__name__} does not declare sparse_item_grads"
+    if model.loss_type != "bce":
+        return f"model.loss={model.loss_type!r}: a full softmax touches every item row"
+    if len(tuple(model.item_param_names)) != 1:
+        return f"{type(model).__name__} has item tables {tuple(model.item_param_names)}"
+    return None
+
+
+def _local_item_ids(batches: Sequence[dict[str, torch.Tensor]], keys: Sequence[str]
+                    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Per row, the item ids it reads, and the batches with ids renumbered into that list.
+
+    Returns
+    -------
+    uids : Tensor
+        ``int64[B, m]``: row ``b``'s distinct item ids in increasing order, 0 (padding) first;
+        positions past the row's count hold 0 and are never read.
+    local : list of dict
+        The batches with every entry of ``keys`` replaced by positions in ``uids[b]`` (0 stays
+        0, so padding masks are unchanged).
+    """
+    b = batches[0][keys[0]].shape[0]
+    parts = [torch.zeros(b, 1, dtype=torch.long)]
+    parts += [batch[k].reshape(b, -1).long() for batch in batches for k in keys if k in batch]
+    srt = torch.sort(torch.cat(parts, dim=1), dim=1).values
+    first = torch.ones_like(srt, dtype=torch.bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    rank = torch.cumsum(first, dim=1) - 1
+    uids = torch.zeros(b, int(rank.max()) + 1, dtype=torch.long)
+    row = torch.arange(b)[:, None].expand_as(srt)
+    uids[row[first], rank[first]] = srt[first]
+    local = []
+    for batch in batches:
+        out = dict(batch)
+        for k in keys:
+            if k in batch:
+                v = batch[k]
+                pos = torch.searchsorted(srt, v.reshape(b, -1).long().contiguous())
+                out[k] = rank.gather(1, pos).reshape(v.shape).to(v.dtype)
+        local.append(out)
+    return uids, local
+
+
 def batched_updates(
     model: SequentialRecommender,
     global_params: Mapping[str, torch.Tensor],
@@ -261,7 +314,8 @@ def batched_updates(
     client_ids: np.ndarray,
     rc: RoundConfig,
     chunk_size: int = 64,
-) -> tuple[Params, torch.Tensor]:
+    sparse_items: bool = False,
+) -> tuple[Stacked, torch.Tensor]:
     """Every client's update, stacked: ``name -> Tensor[n, *shape]``.
 
     Per-client gradients come from ``torch.func.vmap(grad(loss))`` with ``functional_call``;
@@ -269,18 +323,39 @@ def batched_updates(
     Clients are processed in length buckets, in chunks of at most ``chunk_size`` to bound
     memory; rows come back in input order.
 
+    With ``sparse_items`` (a model for which :func:`sparse_item_support` is None), each client
+    differentiates a local copy of only the item rows its batch reads (ids renumbered into that
+    list), so its item-table update is those rows: the table comes back as a
+    :class:`~fedrec.rowsparse.RowSparse` and memory is ``O(touched rows)``, not
+    ``O(clients x items)``. The values are those of the dense path (the same sums of the same
+    per-position terms; float32 may round them in another order).
+
     Returns
     -------
     updates : dict
-        Stacked gradients (FedSGD) or deltas (FedAvg).
+        Stacked gradients (FedSGD) or deltas (FedAvg); the item table a RowSparse with
+        ``sparse_items``.
     losses : Tensor
         Each client's (mean local) loss ``[n]``.
+
+    Raises
+    ------
+    ValueError
+        If ``sparse_items`` is set for a model that does not support it.
     """
     base = {n: p.detach() for n, p in global_params.items()}
+    item_key = None
+    if sparse_items:
+        why = sparse_item_support(model)
+        if why is not None:
+            raise ValueError(f"sparse item updates: {why}")
+        item_key = tuple(model.item_param_names)[0]
     loss_fn = _row_loss_fn(model)
     value_and_grad = torch.func.grad_and_value(loss_fn)
     model.train()
-    stacked: Params = {n: torch.empty((len(seqs), *p.shape), dtype=p.dtype) for n, p in base.items()}
+    stacked: Stacked = {n: torch.empty((len(seqs), *p.shape), dtype=p.dtype)
+                        for n, p in base.items() if n != item_key}
+    pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     losses = torch.empty(len(seqs))
     lengths = np.array([len(s) - 1 for s in seqs])
     chunks = [g[i:i + chunk_size] for g in length_buckets(lengths, model.max_len)
@@ -289,28 +364,47 @@ def batched_updates(
         for rows in chunks:
             part = [seqs[i] for i in rows]
             ids = np.asarray(client_ids)[rows]
+            n_epochs = 1 if rc.protocol == "fedsgd" else rc.local_epochs
+            batches = [model.prepare_batch(part, client_keys(rc, ids, e)) for e in range(n_epochs)]
+            params, dims = base, None
+            if item_key is not None:
+                uids, batches = _local_item_ids(batches, model.item_id_keys)
+                params = {**base, item_key: base[item_key][uids]}  # [B, m, d] per-client rows
+                dims = {n: (0 if n == item_key else None) for n in base}
             if rc.protocol == "fedsgd":
-                batch = model.prepare_batch(part, client_keys(rc, ids))
-                out, loss = vmap(value_and_grad, in_dims=(None, 0), randomness="different")(base, batch)
+                out, loss = vmap(value_and_grad, in_dims=(dims, 0),
+                                 randomness="different")(params, batches[0])
             else:
-                batches = [model.prepare_batch(part, client_keys(rc, ids, e)) for e in range(rc.local_epochs)]
                 width = max(b["inputs"].shape[1] for b in batches)
                 stacked_batches = {k: torch.stack([_pad_batch(b, width)[k] for b in batches], dim=1)
                                    for k in batches[0]}
 
-                def local_train(row_batches: dict[str, torch.Tensor]) -> tuple[Params, torch.Tensor]:
-                    p = dict(base)
+                def local_train(start: Params, row_batches: dict[str, torch.Tensor]
+                                ) -> tuple[Params, torch.Tensor]:
+                    p = dict(start)
                     total = torch.zeros(())
                     for e in range(rc.local_epochs):
                         row = {k: v[e] for k, v in row_batches.items()}
                         g, loss = value_and_grad(p, row)
                         p = {n: p[n] - rc.local_lr * g[n] for n in p}
                         total = total + loss
-                    return {n: p[n] - base[n] for n in p}, total / rc.local_epochs
+                    return {n: p[n] - start[n] for n in p}, total / rc.local_epochs
 
-                out, loss = vmap(local_train, randomness="different")(stacked_batches)
+                out, loss = vmap(local_train, in_dims=(dims, 0),
+                                 randomness="different")(params, stacked_batches)
             index = torch.from_numpy(np.asarray(rows))
             for n in stacked:  # write each chunk straight into its rows: no concatenation copy
                 stacked[n].index_copy_(0, index, out[n].detach())
+            if item_key is not None:
+                pieces.append((index[:, None].expand_as(uids), uids, out[item_key].detach()))
             losses.index_copy_(0, index, loss.detach())
+    if item_key is not None:
+        owners, row_ids, values = (torch.cat([p[j].reshape(-1, *p[j].shape[2:]) for p in pieces])
+                                   for j in range(3))
+        # the padding positions of uids repeat row 0 with a zero update; build drops zero rows,
+        # and row 0 keeps only its first (real) entry per client
+        first = torch.ones_like(row_ids, dtype=torch.bool)
+        first[1:] = (row_ids[1:] != 0) | (owners[1:] != owners[:-1])
+        stacked[item_key] = RowSparse.build(owners[first], row_ids[first], values[first],
+                                            len(seqs), base[item_key].shape[0])
     return stacked, losses

@@ -257,6 +257,9 @@ class FederationConfig(Section):
     client_eval: bool = False
     client_eval_fraction: float = Field(1.0, gt=0, le=1)
     max_update_norm: float | None = Field(None, gt=0)  # server guard on each update's L2 norm
+    #: how per-client item-table updates travel to the server: ``dense`` tables or ``sparse``
+    #: touched rows (fedrec.rowsparse.RowSparse; memory O(touched rows), same results)
+    item_updates: Literal["dense", "sparse"] = "dense"
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:

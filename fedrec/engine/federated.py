@@ -5,6 +5,9 @@ computation**: for a linear rule (sum/mean) under FedSGD the combined gradient
 ``Σ c_i ∇L_i`` comes from a single forward/backward (:func:`clients.update.combined_fedsgd_gradient`);
 for any other rule, or FedAvg, per-client updates come from ``torch.func.vmap``
 (:func:`clients.update.batched_updates`). Malicious clients craft their updates with the attack.
+With ``federation.item_updates: sparse`` the per-client item tables are the rows each client
+touched (:class:`fedrec.rowsparse.RowSparse`; attackers' dense tables are converted when
+they are stacked), so a round's memory follows touched rows, not clients x catalog.
 The server side (:class:`strategies.server.ServerAggregator`: validation, defense, server
 optimizer) is the same object the Flower strategy uses; what both engines share lives in
 :mod:`fedrec.engine.federation`.
@@ -22,15 +25,54 @@ from clients.update import (
     batched_updates,
     combined_fedsgd_gradient,
     num_examples,
+    sparse_item_support,
 )
 from fedrec.engine.context import RunContext
 from fedrec.engine.federation import FederatedTrainerBase, Federation, build_aggregator
 from fedrec.engine.loop import Trainer
 from fedrec.errors import ConfigError
+from fedrec.rowsparse import RowSparse
 from strategies.server import RoundReport, ServerAggregator
 from strategies.validation import finite_rows, nonfinite_keys
 
 Params = dict[str, torch.Tensor]
+Stacked = dict[str, torch.Tensor | RowSparse]
+
+
+def place_clients(parts: list[tuple[Stacked, np.ndarray]], n: int) -> Stacked:
+    """Merge stacks of disjoint client groups into one stack of ``n`` clients.
+
+    Parameters
+    ----------
+    parts : list of (stack, positions)
+        Each group's stacked updates and the position (``int64[k]``) of each of its rows in
+        the merged stack; the positions of all groups together are ``0..n-1``.
+    n : int
+        Clients in the merged stack.
+
+    Returns
+    -------
+    dict
+        ``name -> Tensor[n, ...]`` (or :class:`RowSparse` where the groups hold one).
+    """
+    out: Stacked = {}
+    for name in parts[0][0]:
+        values = [p[0][name] for p in parts]
+        if any(isinstance(v, RowSparse) for v in values):
+            sparse = [v if isinstance(v, RowSparse) else RowSparse.from_dense(v) for v in values]
+            index = torch.empty(n, dtype=torch.long)
+            offset = 0
+            for v, (_, pos) in zip(sparse, parts, strict=True):
+                index[torch.from_numpy(pos)] = torch.arange(offset, offset + v.n)
+                offset += v.n
+            out[name] = RowSparse.concat(sparse).select(index)
+            continue
+        full = torch.empty((n, *values[0].shape[1:]), dtype=values[0].dtype)
+        for v, (_, pos) in zip(values, parts, strict=True):
+            full.index_copy_(0, torch.from_numpy(pos), v)
+        out[name] = full
+    return out
+
 
 class FederatedTrainer(FederatedTrainerBase):
     """Local (in-process, batched) federated engine; one step = one round.
@@ -48,21 +90,30 @@ class FederatedTrainer(FederatedTrainerBase):
     def __init__(self, fed: Federation, aggregator: ServerAggregator, chunk_size: int = 64) -> None:
         super().__init__(fed, aggregator)
         self.chunk_size = chunk_size
+        self.sparse_items = self.ctx.cfg.federation.item_updates == "sparse"
+        if self.sparse_items:
+            why = sparse_item_support(self.ctx.model)
+            if why is not None:
+                raise ConfigError(f"federation.item_updates=sparse: {why}")
         # per-client norms are needed for the norm guard, so it turns the fast path off
         self.use_fast_path = (aggregator.defense.linear and self.ctx.cfg.federation.protocol == "fedsgd"
                               and aggregator.max_update_norm is None)
 
     # ------------------------------------------------------------------ one round
-    def _malicious_updates(self, ids: np.ndarray, rc: RoundConfig) -> tuple[Params | None, list[int]]:
+    def _malicious_updates(self, ids: np.ndarray, rc: RoundConfig) -> tuple[Stacked | None, list[int]]:
         if len(ids) == 0:
             return None, []
         ups = [self.fed.attack.craft(self.ctx.model, self.params, int(c), self.fed.threat, rc) for c in ids]
-        stacked = {n: torch.stack([u.params[n] for u in ups]) for n in self.params}
+        items = set(self.ctx.model.item_param_names) if self.sparse_items else set()
+        stacked: Stacked = {  # attacks craft dense tables; with sparse items keep their rows only
+            n: (RowSparse.concat([RowSparse.from_dense(u.params[n][None]) for u in ups])
+                if n in items else torch.stack([u.params[n] for u in ups]))
+            for n in self.params}
         return stacked, [u.num_examples for u in ups]
 
     def _linear_fedsgd_round(self, step: int, rc: RoundConfig, benign: np.ndarray,
                              seqs: list[np.ndarray], weights_b: list[int], mal: np.ndarray,
-                             mal_stacked: Params | None, mal_counts: list[int]
+                             mal_stacked: Stacked | None, mal_counts: list[int]
                              ) -> tuple[tuple[Params, RoundReport] | None, torch.Tensor]:
         """The fast path of a linear rule under FedSGD: ``Σ_i c_i g_i`` over the benign clients
         from one forward/backward, plus the malicious updates' share.
@@ -79,7 +130,9 @@ class FederatedTrainer(FederatedTrainerBase):
         k = len(benign)
         if mal_stacked is not None:  # the attackers' share in one product per parameter
             for n in total:
-                share = torch.tensordot(coef[k:].to(total[n].dtype), mal_stacked[n], dims=1)
+                m = mal_stacked[n]
+                share = (m.combine(coef[k:]) if isinstance(m, RowSparse)
+                         else torch.tensordot(coef[k:].to(total[n].dtype), m, dims=1))
                 total[n] = total[n] + share
         all_ids = np.concatenate([benign, mal]).astype(np.int64)
         report = RoundReport(all_ids, np.ones(len(all_ids), dtype=bool))
@@ -100,16 +153,13 @@ class FederatedTrainer(FederatedTrainerBase):
             new_report, losses = self._linear_fedsgd_round(step, rc, benign, seqs, weights_b,
                                                            mal, mal_stacked, mal_counts)
         if new_report is None:
-            stacked, losses = batched_updates(ctx.model, self.params, seqs, benign, rc, self.chunk_size)
+            stacked, losses = batched_updates(ctx.model, self.params, seqs, benign, rc, self.chunk_size,
+                                              sparse_items=self.sparse_items)
             counts = np.zeros(len(ids))
             pos_b, pos_m = np.searchsorted(ids, benign), np.searchsorted(ids, mal)
             counts[pos_b], counts[pos_m] = weights_b, mal_counts
             if mal_stacked is not None:  # place every row at its client's position (ids sorted)
-                full = {n: torch.empty((len(ids), *v.shape[1:]), dtype=v.dtype) for n, v in stacked.items()}
-                for n in full:
-                    full[n].index_copy_(0, torch.from_numpy(pos_b), stacked[n])
-                    full[n].index_copy_(0, torch.from_numpy(pos_m), mal_stacked[n])
-                stacked = full
+                stacked = place_clients([(stacked, pos_b), (mal_stacked, pos_m)], len(ids))
             new_report = self.aggregator.round(self.params, stacked,
                                                torch.tensor(counts, dtype=torch.float64), ids, step, rc.epoch)
         new, report = new_report

@@ -34,6 +34,7 @@ from fedrec.engine.loop import Trainer
 from fedrec.engine.schedule import RoundSchedule
 from fedrec.errors import ConfigError
 from fedrec.models.base import load_params
+from fedrec.rowsparse import RowSparse
 from strategies.optimizer import ServerOptimizer
 from strategies.server import RoundReport, ServerAggregator, detection_metrics
 
@@ -108,8 +109,11 @@ class Federation:
                 coef = torch.full((len(root),), 1.0 / len(root), dtype=torch.float64)
                 grads, _ = combined_fedsgd_gradient(model, params, seqs, root, coef, rc)
                 return grads
-            stacked, _ = batched_updates(model, params, seqs, root, rc)
-            return {n: v.mean(0) for n, v in stacked.items()}
+            sparse = self.ctx.cfg.federation.item_updates == "sparse"
+            stacked, _ = batched_updates(model, params, seqs, root, rc, sparse_items=sparse)
+            mean = torch.full((len(root),), 1.0 / len(root), dtype=torch.float64)
+            return {n: (v.combine(mean) if isinstance(v, RowSparse) else v.mean(0))
+                    for n, v in stacked.items()}
 
         return update
 

@@ -54,6 +54,13 @@ class SequentialRecommender(nn.Module, ABC):
     #: reference code). It rescales the loss by 1/(1 + n_neg): irrelevant for Adam, but it
     #: sets the size of benign FedSGD gradients relative to an attacker's.
     bce_reduction: str = "sum"
+    #: Batch entries that hold item ids (0 = padding). A model whose item table is read only by
+    #: looking up these ids under the BCE loss (:attr:`sparse_item_grads`) lets the client
+    #: update compute its item-table gradient on the touched rows alone
+    #: (:func:`clients.update.batched_updates` with ``sparse_items``).
+    item_id_keys: tuple[str, ...] = ("inputs", "targets", "negatives")
+    #: see :attr:`item_id_keys`; set by models that satisfy it
+    sparse_item_grads: bool = False
 
     def __init__(self, n_items: int, max_len: int, loss_type: str = "bce", n_neg: int = 1) -> None:
         super().__init__()

@@ -60,6 +60,8 @@ class GRU4Rec(SequentialRecommender):
         Dropout on embeddings and GRU output.
     """
 
+    sparse_item_grads = True  # item_emb is read only by id lookups (inputs, targets, negatives)
+
     def __init__(
         self,
         n_items: int,

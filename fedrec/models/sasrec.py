@@ -59,6 +59,8 @@ class SASRec(SequentialRecommender):
         Dropout on attention weights (defaults to ``dropout``).
     """
 
+    sparse_item_grads = True  # item_emb is read only by id lookups (inputs, targets, negatives)
+
     def __init__(
         self,
         n_items: int,
