@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedrec.config import AttackConfig, TargetConfig
+from fedrec.data.dataset import split_flat
 from fedrec.data.split import LeaveOneOut
 from fedrec.errors import ConfigError
 
@@ -186,13 +187,14 @@ def build_threat_model(cfg: AttackConfig, split: LeaveOneOut, seed: int) -> Thre
     accounts = {int(c): split.train[int(u)] for c, u in zip(mal_ids, owners)}
     popularity = counts if cfg.knowledge.popularity else None
     public = None
+    lengths = np.fromiter((len(s) for s in split.train), dtype=np.int64, count=n_users)
     if cfg.knowledge.public_fraction > 0:
+        # one draw per training interaction, user after user (= one call per user, in order)
         prng = np.random.default_rng([seed, 31])
-        public = []
-        for seq in split.train:
-            keep = prng.random(len(seq)) < cfg.knowledge.public_fraction
-            public.append(seq[keep])
-    lengths = np.asarray([len(s) for s in split.train], dtype=np.int64)
+        flat = np.concatenate(split.train) if n_users else np.zeros(0, np.int64)
+        keep = prng.random(len(flat)) < cfg.knowledge.public_fraction
+        kept = np.concatenate([[0], np.cumsum(keep)])[np.concatenate([[0], np.cumsum(lengths)])]
+        public = split_flat(flat[keep], kept)
     k = cfg.knowledge
     return ThreatModel(n_users, mal_ids, accounts, targets, popularity, public, replaced, lengths,
                        assumed_defense=k.defense, quantile=k.quantile, budget=k.budget)

@@ -224,6 +224,8 @@ class EvalConfig(Section):
     exclude_history: bool = True
     seed: Seed = 0
     batch_users: int = Field(1024, ge=1)
+    #: evaluate a seeded sample of this many users (all when unset); reported as ``eval_users``
+    users: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

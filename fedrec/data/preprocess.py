@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrec.data.dataset import SequenceDataset
+from fedrec.data.dataset import SequenceDataset, split_flat
 from fedrec.errors import ConfigError
 
 
@@ -51,7 +51,10 @@ def kcore(ds: SequenceDataset, k: int, max_rounds: int = 100) -> SequenceDataset
 
 def min_length(ds: SequenceDataset, n: int) -> SequenceDataset:
     """Drop users with fewer than ``n`` interactions."""
-    keep = [i for i, s in enumerate(ds.sequences) if len(s) >= n]
+    keep = np.flatnonzero(ds.lengths() >= n)
+    if len(keep) == ds.n_users:  # nothing to drop: the same rows
+        return SequenceDataset(list(ds.sequences), ds.n_items, ds.name, ds.item_ids, ds.user_ids,
+                               dict(ds.meta))
     users = None if ds.user_ids is None else np.asarray(ds.user_ids)[keep]
     return SequenceDataset(
         [ds.sequences[i] for i in keep], ds.n_items, ds.name, ds.item_ids, users, dict(ds.meta)
@@ -75,8 +78,8 @@ def remap_items(ds: SequenceDataset) -> SequenceDataset:
     order = values[by_first]  # previous ids in order of first appearance
     prev = order if ds.item_ids is None else np.asarray(ds.item_ids)[order]
     item_ids = np.concatenate([[0], prev]).astype(np.int64)
-    bounds = np.cumsum([len(s) for s in ds.sequences])[:-1]
-    seqs = np.split(new_id[inverse.reshape(-1)], bounds)
+    offsets = np.concatenate([[0], np.cumsum(ds.lengths())])
+    seqs = split_flat(new_id[inverse.reshape(-1)], offsets)
     return SequenceDataset(seqs, len(order), ds.name, item_ids, ds.user_ids, dict(ds.meta))
 
 

@@ -43,13 +43,18 @@ class LeaveOneOut:
         """Number of users."""
         return len(self.train)
 
-    def valid_inputs(self) -> list[np.ndarray]:
-        """Histories used to predict the validation item."""
-        return self.train
+    def valid_inputs(self, users: np.ndarray | None = None) -> list[np.ndarray]:
+        """Histories used to predict the validation item (of ``users``; default all)."""
+        if users is None:
+            return self.train
+        return [self.train[u] for u in np.asarray(users).tolist()]
 
-    def test_inputs(self) -> list[np.ndarray]:
-        """Histories used to predict the test item (train + validation item)."""
-        return [np.append(t, v) for t, v in zip(self.train, self.valid)]
+    def test_inputs(self, users: np.ndarray | None = None) -> list[np.ndarray]:
+        """Histories used to predict the test item (train + validation item) of ``users``
+        (default all); only the asked users' histories are built."""
+        if users is None:
+            return [np.append(t, v) for t, v in zip(self.train, self.valid)]
+        return [np.append(self.train[u], self.valid[u]) for u in np.asarray(users).tolist()]
 
     def full_histories(self) -> list[np.ndarray]:
         """Complete sequences (train + valid + test)."""

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fedrec.data.dataset import SequenceDataset
+from fedrec.data.dataset import SequenceDataset, split_flat
 from fedrec.errors import ConfigError
 
 #: Implementations of the generative model (see the module docstring).
@@ -121,8 +121,7 @@ def generate(spec: SyntheticSpec | None = None, **overrides: object) -> Sequence
     spec.validate()
     if spec.generator == "vectorized":
         flat, offsets = _generate_vectorized(spec)
-        seqs = np.split(flat, offsets[1:-1]) if spec.n_users > 1 else [flat]
-        ds = SequenceDataset(seqs, spec.n_items, "synthetic",
+        ds = SequenceDataset(split_flat(flat, offsets), spec.n_items, "synthetic",
                              user_ids=np.arange(1, spec.n_users + 1))
         ds.meta["synthetic"] = asdict(spec)
         return ds
@@ -302,7 +301,11 @@ def _generate_vectorized(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
                 sw = todo[pk[rng.random(len(pk)) < spec.switch]]
                 interest[sw] = _draw_rows(wcdf[sw], rng.random(len(sw)))
             cand[pk] = sampler.draw(interest[todo[pk]], rng.random(len(pk)))
-            ok = ~(hist[todo] == cand[:, None]).any(1) if t else np.ones(len(todo), bool)
+            if not t:
+                ok = np.ones(len(todo), bool)
+            else:  # the first attempt covers every active user: no copy of the history
+                seen_in = hist if len(todo) == a else hist[todo]
+                ok = ~(seen_in == cand[:, None]).any(1)
             item[todo[ok]] = cand[ok]
             todo = todo[~ok]
             if not len(todo):

@@ -79,19 +79,31 @@ class RunContext:
         """
         model = model or self.model
         sp = self.split
-        users = self.eval_users if self.eval_users is not None else np.arange(sp.n_users)
+        users = self.evaluated_users()
         if which == "valid":
-            hist, held = sp.valid_inputs(), sp.valid
+            hist, held = sp.valid_inputs(users), sp.valid
         elif which == "test":
-            hist, held = sp.test_inputs(), sp.test
+            hist, held = sp.test_inputs(users), sp.test
         else:
             raise ValueError(f"unknown split {which!r}")
         was_training = model.training
         model.eval()
         try:
             score = model.scores if scorer is None else scorer(model, users)
-            return evaluate(score, [hist[u] for u in users], held[users], self.protocol,
-                            model.max_len, sp.n_items, targets=self.targets,
-                            popularity=sp.train_item_counts())
+            out = evaluate(score, hist, held[users], self.protocol, model.max_len, sp.n_items,
+                           targets=self.targets, popularity=sp.train_item_counts())
         finally:
             model.train(was_training)
+        if self.cfg.eval.users is not None:
+            out["eval_users"] = float(len(users))
+        return out
+
+    def evaluated_users(self) -> np.ndarray:
+        """The users evaluated (sorted): ``eval_users`` (default all), or a sample of
+        ``eval.users`` of them drawn from ``eval.seed`` (the same sample at every evaluation)."""
+        users = self.eval_users if self.eval_users is not None else np.arange(self.split.n_users)
+        k = self.cfg.eval.users
+        if k is None or k >= len(users):
+            return users
+        rng = np.random.default_rng([self.cfg.eval.seed, 17])
+        return np.sort(rng.choice(users, size=k, replace=False))

@@ -3,8 +3,8 @@
 An *epoch* shuffles all participating clients (benign and malicious alike, so malicious
 clients take part at the same rate) with a seed derived from ``(seed, epoch)`` and cuts the
 order into rounds of ``clients_per_round`` (DV-FSR: every client once per epoch, rounds of
-256). Each round's client ids are returned sorted, which is also the order in which the server
-aggregates them in both engines.
+256); the order is computed once per epoch. Each round's client ids are returned sorted, which
+is also the order in which the server aggregates them in both engines.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class RoundSchedule:
         self.seed = seed
         self.rounds_per_epoch = math.ceil(len(self.participants) / self.size)
         self.n_rounds = rounds if rounds is not None else (epochs or 1) * self.rounds_per_epoch
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its shuffled participants)
 
     def epoch_of(self, round_idx: int) -> int:
         """Epoch of a round."""
@@ -49,7 +50,17 @@ class RoundSchedule:
 
     def clients(self, round_idx: int) -> np.ndarray:
         """Sorted client ids of round ``round_idx``."""
-        epoch = self.epoch_of(round_idx)
-        order = np.random.default_rng([self.seed, epoch, 11]).permutation(self.participants)
+        order = self.epoch_order(self.epoch_of(round_idx))
         k = round_idx % self.rounds_per_epoch
         return np.sort(order[k * self.size:(k + 1) * self.size])
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """All participants in the shuffled order of ``epoch``.
+
+        Shuffled once per epoch and kept (the last epoch's only): a round costs O(round size),
+        not O(participants), which matters at 10^6 clients.
+        """
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch, 11])
+            self._order = (epoch, rng.permutation(self.participants))
+        return self._order[1]
