@@ -24,6 +24,7 @@ MODELS: dict[str, type[SequentialRecommender] | str] = {
     "sass": "fedrec.baselines.sass.model:SASS",
     "cdl": "fedrec.baselines.cdl.model:CDL",
     "mgbert": "fedrec.baselines.mgbert.model:MGBert",
+    "lavit": "fedrec.baselines.lavit.model:LaViT",
 }
 
 
