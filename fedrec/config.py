@@ -259,6 +259,14 @@ class FederationConfig(Section):
     client_eval: bool = False
     client_eval_fraction: float = Field(1.0, gt=0, le=1)
     max_update_norm: float | None = Field(None, gt=0)  # server guard on each update's L2 norm
+    #: Converged protocol: a finished federated run directory (its ``model.pt``) or a ``.pt``
+    #: file of global parameters that this run starts from (relative to the working directory).
+    init_from: str | None = None
+    #: Early stopping on a validation metric (e.g. ``full/NDCG@10``; None: train every round):
+    #: evaluations use the validation split, the best global model is kept and tested, and
+    #: training stops after ``patience`` evaluations without improvement.
+    early_stop_metric: str | None = None
+    patience: int = Field(3, ge=1)
     #: how per-client item-table updates travel to the server: ``dense`` tables or ``sparse``
     #: touched rows (fedrec.rowsparse.RowSparse; memory O(touched rows), same results)
     item_updates: Literal["dense", "sparse"] = "dense"
@@ -416,6 +424,16 @@ class ExperimentConfig(Section):
         if self.attack.name != "none" and self.attack.fraction <= 0:
             raise ValueError(f"attack.fraction={self.attack.fraction}: attack "
                              f"{self.attack.name!r} needs a positive fraction of malicious clients")
+        return self
+
+    @model_validator(mode="after")
+    def _check_federated_metric(self) -> ExperimentConfig:
+        metric = self.federation.early_stop_metric
+        valid = metric_names(self.eval)  # what a federated evaluation reports (ER@K excluded)
+        if metric is not None and metric not in valid:
+            raise ValueError(f"federation.early_stop_metric: {metric!r} is not evaluated with "
+                             f"these eval settings{suggestion(metric, valid)}; expected one of "
+                             f"{', '.join(valid)}")
         return self
 
     @model_validator(mode="after")

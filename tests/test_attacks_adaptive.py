@@ -1,4 +1,4 @@
-"""Adaptive DV-FSR / PipAttack: the upload passes the check of the assumed rule, the plain one not."""
+"""Adaptive DV-FSR and PipAttack pass the check of the assumed rule; the plain attacks do not."""
 
 from __future__ import annotations
 

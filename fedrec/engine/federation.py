@@ -30,6 +30,7 @@ from clients.update import RoundConfig, batched_updates, combined_fedsgd_gradien
 from defenses.registry import build_defense
 from fedrec.config import ExperimentConfig
 from fedrec.engine.context import RunContext
+from fedrec.engine.converged import load_initial_params
 from fedrec.engine.loop import Trainer
 from fedrec.engine.schedule import RoundSchedule
 from fedrec.errors import ConfigError
@@ -164,6 +165,8 @@ class FederatedTrainerBase(Trainer):
         self.ctx = fed.ctx
         self.aggregator = aggregator
         self.params: Params = {n: p.detach().clone() for n, p in self.ctx.model.named_parameters()}
+        if self.ctx.cfg.federation.init_from is not None:  # the converged protocol
+            self.params = load_initial_params(self.ctx.cfg.federation.init_from, self.params)
         self.malicious = {int(c) for c in fed.threat.malicious_ids}
         self.last_eval: dict[str, float] = {}
 
