@@ -250,7 +250,9 @@ class FederationConfig(Section):
     server_betas: tuple[Beta, Beta] = (0.9, 0.999)
     lr_decay: float = Field(1.0, gt=0, le=1)
     lr_decay_every: int = Field(5, ge=1)
-    engine: Literal["local", "flower"] = "local"
+    engine: Literal["local", "flower", "distributed"] = "local"
+    #: Ray actors of ``engine: distributed`` (each computes a shard of every round, batched)
+    workers: int = Field(2, ge=1)
     ray_address: str = "local"
     cpus_per_client: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(1, ge=1)

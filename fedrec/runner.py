@@ -28,6 +28,10 @@ def build_trainer(cfg: ExperimentConfig, ctx: Any) -> Any:
         from fedrec.engine.centralized import CentralizedTrainer
 
         return CentralizedTrainer(ctx)
+    if cfg.federation.engine == "distributed":
+        from fedrec.engine.distributed import build_distributed_trainer
+
+        return build_distributed_trainer(ctx)
     from fedrec.engine.federated import build_federated_trainer
 
     return build_federated_trainer(ctx)

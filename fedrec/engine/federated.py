@@ -100,6 +100,17 @@ class FederatedTrainer(FederatedTrainerBase):
                               and aggregator.max_update_norm is None)
 
     # ------------------------------------------------------------------ one round
+    def benign_updates(self, rc: RoundConfig, benign: np.ndarray, seqs: list[np.ndarray]
+                       ) -> tuple[Stacked, torch.Tensor]:
+        """The benign clients' stacked updates and losses (in-process, batched)."""
+        return batched_updates(self.ctx.model, self.params, seqs, benign, rc, self.chunk_size,
+                               sparse_items=self.sparse_items)
+
+    def benign_combined(self, rc: RoundConfig, benign: np.ndarray, seqs: list[np.ndarray],
+                        coef: torch.Tensor) -> tuple[Params, torch.Tensor]:
+        """``sum_i coef[i] * g_i`` over the benign clients (FedSGD) and their losses."""
+        return combined_fedsgd_gradient(self.ctx.model, self.params, seqs, benign, coef, rc)
+
     def _malicious_updates(self, ids: np.ndarray, rc: RoundConfig) -> tuple[Stacked | None, list[int]]:
         if len(ids) == 0:
             return None, []
@@ -123,8 +134,7 @@ class FederatedTrainer(FederatedTrainerBase):
         """
         weights = torch.tensor(weights_b + mal_counts, dtype=torch.float64)
         coef = self.aggregator.defense.coefficients(weights)
-        total, losses = combined_fedsgd_gradient(self.ctx.model, self.params, seqs, benign,
-                                                 coef[: len(benign)], rc)
+        total, losses = self.benign_combined(rc, benign, seqs, coef[: len(benign)])
         if nonfinite_keys(total) or (mal_stacked is not None and not bool(finite_rows(mal_stacked).all())):
             return None, losses
         k = len(benign)
@@ -140,7 +150,7 @@ class FederatedTrainer(FederatedTrainerBase):
 
     def train_step(self, step: int) -> dict[str, float]:
         """Run round ``step``."""
-        fed, ctx = self.fed, self.ctx
+        fed = self.fed
         rc = fed.round_config(step)
         ids = fed.schedule.clients(step)
         is_mal = np.isin(ids, fed.threat.malicious_ids)
@@ -153,8 +163,7 @@ class FederatedTrainer(FederatedTrainerBase):
             new_report, losses = self._linear_fedsgd_round(step, rc, benign, seqs, weights_b,
                                                            mal, mal_stacked, mal_counts)
         if new_report is None:
-            stacked, losses = batched_updates(ctx.model, self.params, seqs, benign, rc, self.chunk_size,
-                                              sparse_items=self.sparse_items)
+            stacked, losses = self.benign_updates(rc, benign, seqs)
             counts = np.zeros(len(ids))
             pos_b, pos_m = np.searchsorted(ids, benign), np.searchsorted(ids, mal)
             counts[pos_b], counts[pos_m] = weights_b, mal_counts
@@ -182,5 +191,7 @@ def build_federated_trainer(ctx: RunContext) -> Trainer:
     fed = Federation.build(ctx)
     aggregator = build_aggregator(cfg, tuple(ctx.model.item_param_names), fed)
     if cfg.federation.engine != "local":
-        raise ConfigError("federation.engine='flower' runs through fedrec.engine.flower.run_flower")
+        raise ConfigError(f"federation.engine={cfg.federation.engine!r}: flower runs through "
+                          "fedrec.engine.flower.run_flower, distributed through "
+                          "fedrec.engine.distributed.build_distributed_trainer")
     return FederatedTrainer(fed, aggregator)
