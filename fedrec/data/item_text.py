@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.data.movielens_meta import (
-    ML100K_GENRES,
     ML1M_GENRES,
+    ML100K_GENRES,
     YEAR_EDGES,
     latin1_lines,
     read_pipe_file,

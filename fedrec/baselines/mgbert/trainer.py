@@ -153,7 +153,8 @@ class MGBertTrainer(EpochTrainer):
         enc = self.ctx.model.encoder
         seq, pos, tgt = self.sequences(nodes, rng, mask=True)
         pooled, states = enc(seq)
-        frs = feature_loss(enc.recon(states), torch.as_tensor(pos), enc.raw[torch.as_tensor(tgt) + 1])
+        targets = enc.raw[torch.as_tensor(tgt) + 1]
+        frs = feature_loss(enc.recon(states), torch.as_tensor(pos), targets)
         return pooled, frs
 
     def _pretrain_epoch(self, step: int) -> dict[str, float]:
