@@ -167,7 +167,7 @@ class FangTrimmedMean(Attack):
                client_id: int, threat: ThreatModel, rc: RoundConfig) -> Update:
         benign = self.pool.stack(model, global_params, threat, rc)
         rng = attack_rng(rc, client_id, STREAM_TAG)
-        u = torch.from_numpy(rng.random(benign.shape[1]))
+        u = torch.from_numpy(rng.random(benign.shape[1])).to(benign.device)
         vec = fang_trmean_update(benign, u)
         return Update(unflatten_like(vec, global_params), account_examples(threat, client_id),
                       {"loss": self.pool.loss_of(client_id)})

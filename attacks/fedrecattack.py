@@ -96,8 +96,8 @@ def upload_rows(update: Mapping[str, torch.Tensor], item_names: tuple[str, ...],
     norms = norms.clone()
     norms[0] = -1.0  # padding row
     norms[torch.as_tensor(targets)] = -1.0
-    order = torch.argsort(-norms, stable=True).numpy()
-    order = order[norms.numpy()[order] > 0]
+    order = torch.argsort(-norms, stable=True).cpu().numpy()
+    order = order[norms.cpu().numpy()[order] > 0]
     mine = order[share::max(1, n_shares)][: max(0, items_limit - len(targets))]
     return np.concatenate([np.asarray(targets, dtype=np.int64), mine.astype(np.int64)])
 

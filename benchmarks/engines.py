@@ -15,9 +15,13 @@ Variants, each measured in a fresh subprocess (so peak RSS is its own):
 
 Also times a full FedSGD epoch over all clients with ``a``.
 
+``--device cuda`` (the GPU column) runs every variant with ``device: cuda``: the model and
+batches on the GPU, timings taken after ``torch.cuda.synchronize()``.
+
 Usage::
 
     python benchmarks/engines.py --datasets steam ml-1m --rounds 3
+    python benchmarks/engines.py --datasets steam ml-1m --rounds 3 --device cuda
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+DEVICE = "cpu"  # set by --device (passed on to the child processes)
+
+
 def experiment(dataset: str, engine: str = "local", rounds: int | None = None, epochs: int = 1) -> dict:
     """The DV-FSR-like setting: SASRec d=64, 2 blocks, 2 heads, max_len 200, FedSGD, 256/round."""
     fed = {"protocol": "fedsgd", "clients_per_round": 256, "server_lr": 1e-3, "engine": engine,
@@ -45,7 +52,8 @@ def experiment(dataset: str, engine: str = "local", rounds: int | None = None, e
         fed.update(rounds=rounds, epochs=None)
     else:
         fed.update(epochs=epochs)
-    return {"mode": "federated", "name": f"bench-{dataset}", "data": {"name": dataset},
+    return {"mode": "federated", "name": f"bench-{dataset}", "device": DEVICE,
+            "data": {"name": dataset},
             "model": {"name": "sasrec", "hidden": 64, "blocks": 2, "heads": 2, "dropout": 0.1,
                       "max_len": 200},
             "federation": fed, "defense": {"name": "sum"}, "attack": {"name": "none"},
@@ -54,6 +62,15 @@ def experiment(dataset: str, engine: str = "local", rounds: int | None = None, e
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def clock() -> float:
+    """``time.perf_counter()`` after the GPU's queued work is done (when on a GPU)."""
+    import torch
+
+    if DEVICE != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def pad_to_max_len(batch: dict, width: int) -> dict:
@@ -69,6 +86,13 @@ def pad_to_max_len(batch: dict, width: int) -> dict:
 
 
 def child(variant: str, dataset: str, rounds: int) -> dict:
+    from fedrec.device import device_scope
+
+    with device_scope(DEVICE):
+        return _child(variant, dataset, rounds)
+
+
+def _child(variant: str, dataset: str, rounds: int) -> dict:
     import numpy as np
     import torch
 
@@ -88,16 +112,16 @@ def child(variant: str, dataset: str, rounds: int) -> dict:
     times = []
     if variant == "epoch":
         tr = FederatedTrainer(fed, build_aggregator(cfg, model.item_param_names))
-        t0 = time.perf_counter()
+        t0 = clock()
         for step in range(sched.rounds_per_epoch):
             tr.train_step(step)
-        return {"epoch_s": time.perf_counter() - t0, "rounds": sched.rounds_per_epoch,
+        return {"epoch_s": clock() - t0, "rounds": sched.rounds_per_epoch,
                 "clients": len(fed.threat.participants()), "peak_mb": peak_mb()}
     for r in range(rounds + 1):  # round 0 is warm-up
         ids = sched.clients(r)
         seqs = [ctx.split.train[int(c)] for c in ids]
         rc = RoundConfig(round=r, epoch=0, seed=cfg.seed)
-        t0 = time.perf_counter()
+        t0 = clock()
         if variant == "a":
             tr = FederatedTrainer(fed, build_aggregator(cfg, model.item_param_names)) if r == 0 else tr
             tr.train_step(r)
@@ -124,7 +148,7 @@ def child(variant: str, dataset: str, rounds: int) -> dict:
             batch = model.prepare_batch(seqs, stream_key(cfg.seed, r, ids, 0))
             model.zero_grad()
             model.loss(batch).backward()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     med = statistics.median(times[1:])
     return {"round_s": med, "updates_per_s": 256 / med, "peak_mb": peak_mb(),
             "width": int(max(min(len(s), 200) for s in seqs))}
@@ -149,7 +173,8 @@ def flower(dataset: str, rounds: int) -> dict:
 
 
 def run_child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--device", DEVICE, "--child", *args],
+                         capture_output=True,
                          text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
@@ -162,14 +187,18 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["f", "a", "a2", "b", "b1", "c", "epoch"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "DATASET", "ROUNDS"))
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.child:
         variant, dataset, rounds = args.child
         res = flower(dataset, int(rounds)) if variant == "c" else child(variant, dataset, int(rounds))
         print(json.dumps(res))
         return
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores  load {load}", flush=True)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores  load {load}  "
+          f"device {DEVICE}", flush=True)
     rows = []
     for ds in args.datasets:
         res = {v: run_child([v, ds, str(args.rounds)]) for v in args.variants}

@@ -252,7 +252,8 @@ class Flame(Defense):
         if sigma > 0:
             gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + ctx.round)
             for key in sorted(out):
-                noise = torch.randn(out[key].shape, generator=gen, dtype=torch.float32)
+                noise = torch.randn(out[key].shape, generator=gen, dtype=torch.float32,
+                                    device=gen.device).to(out[key].device)
                 out[key] = out[key] + (sigma * noise).to(out[key].dtype)
         extra = {
             "threshold": threshold,
@@ -311,8 +312,11 @@ class FoolsGold(Defense):
                 gen = torch.Generator().manual_seed(
                     self.sketch_seed * 1_000_003 + zlib.crc32(key.encode())
                 )
-                bucket = torch.randint(self.sketch_dim, (flat.shape[1],), generator=gen)
-                sign = torch.randint(2, (flat.shape[1],), generator=gen).float() * 2 - 1
+                cpu = gen.device  # the same sketch on every device
+                bucket = torch.randint(self.sketch_dim, (flat.shape[1],), generator=gen,
+                                       device=cpu).to(flat.device)
+                sign = torch.randint(2, (flat.shape[1],), generator=gen,
+                                     device=cpu).to(flat.device).float() * 2 - 1
                 self._hash[key] = (bucket, sign)
             bucket, sign = self._hash[key]
             out.index_add_(1, bucket, flat.float() * sign)

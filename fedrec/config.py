@@ -363,6 +363,8 @@ class ExperimentConfig(Section):
     seed: Seed = 0
     output_dir: str = "runs"
     threads: int | None = Field(None, ge=1)
+    #: ``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N`` (:mod:`fedrec.device`)
+    device: str = "cpu"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -373,6 +375,16 @@ class ExperimentConfig(Section):
     multitask: dict[str, Any] | None = None
     #: cross-domain / multi-scenario setting (:class:`fedrec.data.domains.DomainConfig`)
     domains: dict[str, Any] | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from fedrec.device import device_problem  # late: imports torch
+
+        problem = device_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
 
     @model_validator(mode="after")
     def _check_domains(self) -> ExperimentConfig:

@@ -133,12 +133,12 @@ def evaluate(
     for start in range(0, len(histories), protocol.batch_users):
         rows = order[start:start + protocol.batch_users]
         hist = [histories[i] for i in rows]
-        item = torch.as_tensor(held_out[rows], dtype=torch.long)
+        item = torch.as_tensor(held_out[rows], dtype=torch.long)  # on the default device
         seqs = to_tensor(pad_left(hist, max_len))
         scores = (scorer(seqs, rows) if getattr(scorer, "needs_rows", False) else scorer(seqs))
         scores = scores.to(torch.float32)
         check_scores(scores)
-        hmask = history_mask([torch.as_tensor(h) for h in hist], v)
+        hmask = history_mask(hist, v)
         b = len(hist)
         eligible = torch.ones(b, dtype=torch.bool)
         if len(tgt):

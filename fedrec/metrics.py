@@ -15,6 +15,7 @@ functions are vectorised over users.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fedrec.errors import ConfigError
@@ -38,16 +39,22 @@ def reciprocal_rank(ranks: torch.Tensor) -> torch.Tensor:
     return 1.0 / (ranks.to(torch.float64) + 1.0)
 
 
-def history_mask(histories: list[torch.Tensor] | torch.Tensor, n_cols: int) -> torch.Tensor:
-    """Boolean ``[B, n_cols]`` with True at each user's history items (padding 0 ignored)."""
+def history_mask(histories: list[torch.Tensor] | list[np.ndarray] | torch.Tensor,
+                 n_cols: int) -> torch.Tensor:
+    """Boolean ``[B, n_cols]`` with True at each user's history items (padding 0 ignored).
+
+    A list of histories (tensors or numpy arrays) is padded in numpy and becomes one tensor on
+    torch's default device (:func:`fedrec.device.device_scope`).
+    """
     if isinstance(histories, torch.Tensor):
         rows = histories
     else:
         width = max((len(h) for h in histories), default=0)
-        rows = torch.zeros(len(histories), max(width, 1), dtype=torch.long)
+        padded = np.zeros((len(histories), max(width, 1)), dtype=np.int64)
         for i, h in enumerate(histories):
             if len(h):
-                rows[i, : len(h)] = torch.as_tensor(h)
+                padded[i, : len(h)] = h.cpu().numpy() if isinstance(h, torch.Tensor) else h
+        rows = torch.as_tensor(padded)  # on the default device (fedrec.device.device_scope)
     mask = torch.zeros(rows.shape[0], n_cols, dtype=torch.bool)
     mask.scatter_(1, rows.clamp(0, n_cols - 1), True)
     mask[:, 0] = True
@@ -139,7 +146,8 @@ def sample_negatives(
     if n > available:
         raise ConfigError(f"eval.n_negatives={n}: a user has only {available} items outside their "
                           "history; lower eval.n_negatives")
-    u = torch.rand(b, v, generator=generator, dtype=torch.float64).clamp_min(1e-300)
+    u = torch.rand(b, v, generator=generator, dtype=torch.float64, device=generator.device)
+    u = u.to(forbidden.device).clamp_min(1e-300)
     key = -torch.log(-torch.log(u))
     if weights is not None:
         key = key + torch.log(weights.to(torch.float64).clamp_min(1e-300))

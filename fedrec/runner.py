@@ -113,10 +113,14 @@ def _run_in(cfg: ExperimentConfig, run: RunDir, *, resume: bool, progress: bool)
             from fedrec.engine.flower import run_flower
 
             return run_flower(cfg, path, resume=resume, progress=progress)
+        from fedrec.device import device_scope
         from fedrec.engine.context import RunContext
 
-        ctx = RunContext.build(cfg)
-        return finish_run(cfg, ctx, build_trainer(cfg, ctx), run, resume=resume, progress=progress)
+        # the run's tensors are created on cfg.device (the Flower engine scopes its clients)
+        with device_scope(cfg.device):
+            ctx = RunContext.build(cfg)
+            return finish_run(cfg, ctx, build_trainer(cfg, ctx), run, resume=resume,
+                              progress=progress)
     except Exception as exc:
         run.write_error(f"{type(exc).__name__}: {exc}")
         raise

@@ -126,10 +126,10 @@ class ServerAggregator:
         is left.
         """
         ids = np.asarray(client_ids, dtype=np.int64)
-        ok = finite_rows(stacked).numpy()
+        ok = finite_rows(stacked).cpu().numpy()
         reasons = {int(c): "non-finite values" for c in ids[~ok]}
         if self.max_update_norm is not None:
-            norms = client_sq_norms(stacked).sqrt().numpy()
+            norms = client_sq_norms(stacked).sqrt().cpu().numpy()
             too_big = ok & (norms > self.max_update_norm)
             reasons.update({int(c): f"L2 norm {n:.4g} > federation.max_update_norm="
                             f"{self.max_update_norm:g}"
@@ -151,7 +151,7 @@ class ServerAggregator:
             client_ids=torch.as_tensor(ids[ok]),
         )
         agg, info = self.defense(stacked, weights, ctx)
-        kept[ok] = info.kept.numpy()
+        kept[ok] = info.kept.cpu().numpy()
         return agg, RoundReport(ids, kept, dropped, dict(info.extra))
 
     def apply(self, params: Mapping[str, torch.Tensor], aggregated: Mapping[str, torch.Tensor],

@@ -42,8 +42,11 @@ def pad_left(seqs: Sequence[np.ndarray], max_len: int, width: int | None = None)
 
 
 def to_tensor(a: np.ndarray) -> torch.Tensor:
-    """``numpy`` int array → ``torch.long`` tensor (no copy when possible)."""
-    return torch.from_numpy(np.ascontiguousarray(a)).long()
+    """``numpy`` int array → ``torch.long`` tensor on the run's device (torch's default device,
+    see :func:`fedrec.device.device_scope`; on the CPU no copy when possible)."""
+    t = torch.from_numpy(np.ascontiguousarray(a)).long()
+    device = torch.get_default_device()
+    return t if device.type == "cpu" else t.to(device)
 
 
 def minibatches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:

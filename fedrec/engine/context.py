@@ -12,6 +12,7 @@ import torch
 from fedrec.config import ExperimentConfig
 from fedrec.data.loader import load_split
 from fedrec.data.split import LeaveOneOut
+from fedrec.device import device_scope, resolve_device
 from fedrec.evaluation import EvalProtocol, Scorer, evaluate
 from fedrec.models import SequentialRecommender, build_model
 
@@ -41,17 +42,23 @@ class RunContext:
     protocol: EvalProtocol
     targets: list[int] = field(default_factory=list)
     eval_users: np.ndarray | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def build(cls, cfg: ExperimentConfig, split: LeaveOneOut | None = None) -> RunContext:
-        """Load data, build and seed the model."""
+    def build(cls, cfg: ExperimentConfig, split: LeaveOneOut | None = None,
+              device: str | None = None) -> RunContext:
+        """Load data, build and seed the model, and move it to ``device`` (default
+        ``cfg.device``; data stays in numpy on the CPU until batched)."""
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         split = split if split is not None else load_split(cfg.data)
         model = build_model(cfg.model.name, split.n_items, **cfg.model.build_kwargs())
         model.bce_reduction = cfg.model.bce_reduction
-        return cls(cfg, split, model, eval_protocol(cfg))
+        device = resolve_device(device or cfg.device)
+        if device.type != "cpu":
+            model.to(device)
+        return cls(cfg, split, model, eval_protocol(cfg), device=device)
 
     def evaluate(
         self,
@@ -89,9 +96,11 @@ class RunContext:
         was_training = model.training
         model.eval()
         try:
-            score = model.scores if scorer is None else scorer(model, users)
-            out = evaluate(score, hist, held[users], self.protocol, model.max_len, sp.n_items,
-                           targets=self.targets, popularity=sp.train_item_counts())
+            with device_scope(self.device):  # a no-op on the CPU
+                score = model.scores if scorer is None else scorer(model, users)
+                out = evaluate(score, hist, held[users], self.protocol, model.max_len,
+                               sp.n_items, targets=self.targets,
+                               popularity=sp.train_item_counts())
         finally:
             model.train(was_training)
         if self.cfg.eval.users is not None:

@@ -42,6 +42,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients.update import Update, client_torch_rng, client_update
 from fedrec.config import ExperimentConfig, dump_config, load_config, validate_config
 from fedrec.data.registry import data_root
+from fedrec.device import device_scope, resolve_device
 from fedrec.engine.context import RunContext
 from fedrec.engine.federation import FederatedTrainerBase, Federation, build_aggregator
 from fedrec.logs import quiet_third_party
@@ -146,10 +147,12 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         pid = int(context.node_config["partition-id"])
         cid = int(fed.threat.participants()[pid])
         params = msg.content["arrays"].to_torch_state_dict()
-        upd = client_train(fed, cid, int(msg.content["config"]["fedrec-round"]), params)
+        with device_scope(fed.ctx.device) as dev:  # messages travel on the CPU
+            params = {k: v.to(dev) for k, v in params.items()}
+            upd = client_train(fed, cid, int(msg.content["config"]["fedrec-round"]), params)
         metrics = MetricRecord({"num-examples": int(upd.num_examples), "client-id": cid,
                                 "loss": float(upd.metrics.get("loss", 0.0))})
-        arrays = ArrayRecord({k: v.detach().contiguous() for k, v in upd.params.items()})
+        arrays = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in upd.params.items()})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()
@@ -161,7 +164,10 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         cid = int(fed.threat.participants()[pid])
         history, item = fed.client_eval_data(cid)
         params = msg.content["arrays"].to_torch_state_dict()
-        res = client_evaluate(fed.ctx.model, params, [history], np.array([item]), fed.ctx.cfg.eval.ks)
+        with device_scope(fed.ctx.device) as dev:
+            params = {k: v.to(dev) for k, v in params.items()}
+            res = client_evaluate(fed.ctx.model, params, [history], np.array([item]),
+                                  fed.ctx.cfg.eval.ks)
         metrics = MetricRecord({**res, "num-examples": 1, "client-id": cid})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -276,7 +282,8 @@ def make_server_app(cfg_json: str | None = None, run_dir: str | None = None, res
                 if results is not None:
                     results["summary"] = finished
                 return
-        ctx = RunContext.build(cfg)
+        # the server works on the CPU, where the messages arrive; the clients on cfg.device
+        ctx = RunContext.build(cfg, device="cpu")
         fed = Federation.build(ctx)
         trainer = FlowerTrainer(fed, build_aggregator(cfg, tuple(ctx.model.item_param_names), fed))
         trainer.connect(grid)
@@ -292,7 +299,12 @@ def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
     fc = cfg.federation
     init_args: dict[str, Any] = {"address": fc.ray_address, "logging_level": "ERROR",
                                  "log_to_driver": False}
-    return {"client_resources": {"num_cpus": fc.cpus_per_client, "num_gpus": 0.0},
+    # on a GPU each client actor takes the GPU share of its CPUs (Ray hides GPUs from actors
+    # that ask for none), so as many actors run at once as the CPUs allow
+    gpus = 0.0
+    if resolve_device(cfg.device).type == "cuda":
+        gpus = fc.cpus_per_client / max(1, os.cpu_count() or 1)
+    return {"client_resources": {"num_cpus": fc.cpus_per_client, "num_gpus": gpus},
             "init_args": init_args}
 
 
