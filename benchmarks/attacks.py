@@ -13,6 +13,13 @@ users; ER over benign users without the target): sampled-protocol ER@5/10/20 (1,
 negatives, target in every candidate list), full-ranking ER@5/10/20, HR@10 and NDCG@10 in both protocols, training wall time per epoch, and the
 time of one malicious ``craft`` at the final global parameters (median of 3).
 
+``--craft-only`` runs no training: it times one attacker's ``craft``, cold (the first of a
+round, which also computes the coalition's shared benign-like updates where the attack uses
+them) and warm (again in the same round, the memo reused), at the initial global parameters
+or at ``--params`` (e.g. a converged ``model.pt``)::
+
+    python benchmarks/attacks.py --craft-only --attacks dvfsr,pipattack,alie,min_max --threads 1
+
 ``--diagnose`` also prints, at the initial and the final global parameters of each run, the
 L2 norm of one malicious update and of the summed benign gradient of a 256-client round (whole
 update and the target's item-embedding row), and the mean target logit over benign users
@@ -50,12 +57,18 @@ DEFAULT_CONFIG = REPO / "experiments" / "attacks" / "dvfsr_steam.yaml"
 
 ATTACKS = ["none", "dvfsr", "s_fsr", "c_fsr", "random", "popular", "bandwagon", "eb",
            "pipattack", "fedrecattack", "a_ra", "a_hum", "psmu"]
-DVFSR_FAMILY = {"dvfsr", "s_fsr", "c_fsr"}
+#: the general model-poisoning and adaptive attacks (issue 18); ``--craft-only`` times them
+GENERAL = ["alie", "ipm", "min_max", "min_sum", "fang_krum", "fang_trmean", "label_flip",
+           "dvfsr_adaptive", "dvfsr_ref_adaptive", "pipattack_adaptive"]
+DVFSR_FAMILY = {"dvfsr", "s_fsr", "c_fsr", "dvfsr_adaptive"}
 #: extra rows: label -> (attack, params added to the config's attack.params)
 VARIANTS = {"dvfsr_leak": ("dvfsr", {"leak_substitution_grad": True}),
             "s_fsr_leak": ("s_fsr", {"leak_substitution_grad": True})}
 KNOWLEDGE = {"popular": {"popularity": True}, "bandwagon": {"popularity": True},
-             "pipattack": {"popularity": True}, "fedrecattack": {"public_fraction": 0.01}}
+             "pipattack": {"popularity": True}, "fedrecattack": {"public_fraction": 0.01},
+             # the adaptive attacks assume FLAME (angle and norm checks: the two costliest)
+             "dvfsr_adaptive": {"defense": "flame"}, "dvfsr_ref_adaptive": {"defense": "flame"},
+             "pipattack_adaptive": {"popularity": True, "defense": "flame"}}
 
 
 def attack_raw(base: dict, label: str) -> dict:
@@ -142,6 +155,55 @@ def craft_seconds(cfg, params: dict[str, torch.Tensor], repeats: int = 3) -> flo
     return statistics.median(times)
 
 
+def round_craft_seconds(cfg, params: dict[str, torch.Tensor], rounds: int = 3
+                        ) -> tuple[float, float]:
+    """Craft cost of one attacker within a round: ``(cold, warm)``, medians over ``rounds``.
+
+    *cold*: the first craft of a round. *warm*: the same attacker crafting again in that round
+    with the attack object reused, as the local engine reuses it for the round's other
+    attackers. The coalition attacks (ALIE, IPM, Min-Max/Sum, Fang, the adaptive ones) compute
+    the coalition's benign-like updates once per round and process (:mod:`attacks.coalition`):
+    cold includes that, warm does not. A round with ``k`` attackers costs about
+    ``cold + (k − 1) · warm`` (accounts of other lengths aside).
+    """
+    from clients.update import RoundConfig
+    from fedrec.engine.context import RunContext
+    from fedrec.engine.federation import Federation
+
+    ctx = RunContext.build(cfg)
+    fed = Federation.build(ctx)
+    cid = int(fed.threat.malicious_ids[0])
+    cold, warm = [], []
+    for r in range(rounds):
+        rc = RoundConfig(round=r, epoch=0, protocol=cfg.federation.protocol, seed=cfg.seed,
+                         local_epochs=cfg.federation.local_epochs, local_lr=cfg.federation.local_lr)
+        for times in (cold, warm):
+            t0 = time.perf_counter()
+            fed.attack.craft(ctx.model, params, cid, fed.threat, rc)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(cold), statistics.median(warm)
+
+
+def craft_table(base: dict, names: list[str], params_file: str | None, rounds: int) -> str:
+    """Markdown table of :func:`round_craft_seconds` for attacks ``names`` (no training)."""
+    from fedrec.config import validate_config
+    from fedrec.engine.context import RunContext
+    from fedrec.engine.converged import load_initial_params
+
+    lines = ["| attack | cold craft, first of a round (s) | warm craft, same round (s) |",
+             "|---|---|---|"]
+    params = None
+    for name in names:
+        cfg = validate_config(attack_raw(base, name), f"benchmark[{name}]")
+        if params is None:
+            like = {n: p.detach().clone() for n, p in RunContext.build(cfg).model.named_parameters()}
+            params = load_initial_params(params_file, like) if params_file else like
+        a, b = round_craft_seconds(cfg, params, rounds)
+        lines.append(f"| {name} | {a:.3f} | {b:.3f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def run_row(name: str, raw: dict, out: Path, overwrite: bool, do_diagnose: bool) -> dict:
     """Run (or reuse) one attack and return its table row."""
     from fedrec.config import validate_config
@@ -198,11 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--craft-only", action="store_true",
+                    help="no training: time one attacker's craft, cold (first of a round) and "
+                         "warm (again in that round), at the initial or --params parameters")
+    ap.add_argument("--params", default=None,
+                    help="with --craft-only: a run directory (its model.pt) or .pt file")
+    ap.add_argument("--rounds", type=int, default=3, help="with --craft-only: rounds timed")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = apply_overrides(read_yaml(args.config), args.overrides)
     base.setdefault("name", Path(args.config).stem)
+    if args.craft_only:
+        names = [a.strip() for a in args.attacks.split(",") if a.strip() and a.strip() != "none"]
+        print(craft_table(base, names, args.params, args.rounds))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
