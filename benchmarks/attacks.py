@@ -196,7 +196,8 @@ def craft_table(base: dict, names: list[str], params_file: str | None, rounds: i
     for name in names:
         cfg = validate_config(attack_raw(base, name), f"benchmark[{name}]")
         if params is None:
-            like = {n: p.detach().clone() for n, p in RunContext.build(cfg).model.named_parameters()}
+            model = RunContext.build(cfg).model
+            like = {n: p.detach().clone() for n, p in model.named_parameters()}
             params = load_initial_params(params_file, like) if params_file else like
         a, b = round_craft_seconds(cfg, params, rounds)
         lines.append(f"| {name} | {a:.3f} | {b:.3f} |")
