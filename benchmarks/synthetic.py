@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,11 +27,12 @@ sys.path.insert(0, str(ROOT))
 def _child(generator: str, n_users: int, n_items: int) -> None:
     from fedrec.data.synthetic import generate
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ds = generate(generator=generator, n_users=n_users, n_items=n_items)
-    sec = time.perf_counter() - t0
+    sec, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"seconds": sec, "peak_mb": rss, "interactions": ds.n_interactions}))
+    print(json.dumps({"seconds": sec, "cpu_s": cpu, "peak_mb": rss,
+                      "interactions": ds.n_interactions}))
 
 
 def run_cell(generator: str, n_users: int, n_items: int, budget: float) -> dict | None:
@@ -56,19 +58,23 @@ def main() -> None:
         _child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
     cells = [(u, 500) for u in args.users] + [(1000, i) for i in args.items]
-    print("| generator | users | items | interactions | seconds | µs / interaction | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  load "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print("| generator | users | items | interactions | seconds | CPU s | CPU µs / interaction "
+          "| peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for n_users, n_items in cells:
         for gen in ("sequential", "vectorized"):
             if gen == "sequential" and max(n_users, n_items) > args.sequential_max:
                 continue
             r = run_cell(gen, n_users, n_items, args.budget)
             if r is None:
-                print(f"| {gen} | {n_users} | {n_items} | | > {args.budget:.0f} | | |", flush=True)
+                print(f"| {gen} | {n_users} | {n_items} | | > {args.budget:.0f} | | | |",
+                      flush=True)
                 continue
-            per = 1e6 * r["seconds"] / r["interactions"]
+            per = 1e6 * r["cpu_s"] / r["interactions"]
             print(f"| {gen} | {n_users} | {n_items} | {r['interactions']} | {r['seconds']:.2f} "
-                  f"| {per:.2f} | {r['peak_mb']:.0f} |", flush=True)
+                  f"| {r['cpu_s']:.2f} | {per:.2f} | {r['peak_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
