@@ -25,6 +25,7 @@ MODELS: dict[str, type[SequentialRecommender] | str] = {
     "cdl": "fedrec.baselines.cdl.model:CDL",
     "mgbert": "fedrec.baselines.mgbert.model:MGBert",
     "lavit": "fedrec.baselines.lavit.model:LaViT",
+    "victor": "fedrec.baselines.victor.model:VICTOR",
 }
 
 
