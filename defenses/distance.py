@@ -167,7 +167,8 @@ class Krum(Defense):
         )
         sel = krum_select_from_dists(sq_dists_from_gram(gram(stacked, center=True)), self.f, 1)
         i = int(sel[0])
-        out = {k: v[i].clone() for k, v in stacked.items()}
+        out = {k: (v.client(i) if isinstance(v, RowSparse) else v[i].clone())
+               for k, v in stacked.items()}
         coef = torch.zeros(n, dtype=torch.float64)
         coef[i] = 1.0
         return out, AggregationInfo(coef > 0, coef, {"selected": float(i)})

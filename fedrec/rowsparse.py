@@ -17,6 +17,10 @@ coordinate-wise rules), and :meth:`RowSparse.to_dense` for rules that need every
 Pairwise Gram matrices are in :mod:`defenses.linalg` (they share the row-block grouping of the
 item-wise rules). Memory is ``O(nnz * row_dim)``.
 
+In a Flower message one client's table travels as two arrays, ``<name>::row_ids`` (int64
+``[k]``, increasing) and ``<name>::rows`` (``[k, *row_shape]``): :func:`encode_rows` /
+:func:`decode_rows`.
+
 "Touched" has one meaning everywhere: a row is stored iff it has a nonzero entry, exactly the
 rows :func:`defenses.linalg.touched_rows` finds in the dense tensor, so every rule gives the
 same result on a stack and on its row-sparse form.
@@ -24,13 +28,19 @@ same result on a stack and on its row-sparse form.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["RowSparse", "densify", "is_row_sparse"]
+__all__ = ["ROW_IDS", "ROW_VALUES", "RowSparse", "decode_rows", "densify", "encode_rows",
+           "is_row_sparse"]
+
+#: Suffix of the array holding a row-sparse table's row ids in a message.
+ROW_IDS = "::row_ids"
+#: Suffix of the array holding a row-sparse table's rows in a message.
+ROW_VALUES = "::rows"
 
 
 def _nonzero_rows(rows: Tensor) -> Tensor:
@@ -297,3 +307,58 @@ def is_row_sparse(x: object) -> bool:
 def densify(stacked: dict[str, Tensor | RowSparse]) -> dict[str, Tensor]:
     """The same mapping with every :class:`RowSparse` value made dense."""
     return {k: (v.to_dense() if isinstance(v, RowSparse) else v) for k, v in stacked.items()}
+
+
+def encode_rows(name: str, table: Tensor) -> dict[str, Tensor]:
+    """One client's table ``[n_rows, *row_shape]`` as the two message arrays of its touched rows.
+
+    Returns
+    -------
+    dict
+        ``{name + ROW_IDS: int64[k], name + ROW_VALUES: [k, *row_shape]}``.
+    """
+    rs = RowSparse.from_dense(table.unsqueeze(0))
+    return {name + ROW_IDS: rs.ids.contiguous(), name + ROW_VALUES: rs.rows.contiguous()}
+
+
+def decode_rows(arrays: Mapping[str, Tensor], name: str, shape: Sequence[int]) -> RowSparse:
+    """One client's row-sparse table (``n = 1``) from its message arrays.
+
+    Parameters
+    ----------
+    arrays : Mapping[str, Tensor]
+        The reply's arrays, holding ``name + ROW_IDS`` and ``name + ROW_VALUES``.
+    name : str
+        Parameter name.
+    shape : sequence of int
+        Expected dense shape ``(n_rows, *row_shape)``.
+
+    Returns
+    -------
+    RowSparse
+
+    Raises
+    ------
+    ValueError
+        One line naming the array: missing, wrong dtype or shape, ids out of range or not
+        strictly increasing, non-finite rows.
+    """
+    ids_key, rows_key = name + ROW_IDS, name + ROW_VALUES
+    if ids_key not in arrays or rows_key not in arrays:
+        raise ValueError(f"{name}: row-sparse update needs both {ids_key!r} and {rows_key!r}")
+    ids, rows = arrays[ids_key], arrays[rows_key]
+    n_rows, row_shape = int(shape[0]), tuple(int(s) for s in shape[1:])
+    if not isinstance(ids, Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
+        raise ValueError(f"{ids_key}: expected a 1-D int64 tensor")
+    if not isinstance(rows, Tensor) or not rows.is_floating_point():
+        raise ValueError(f"{rows_key}: expected a floating tensor")
+    if tuple(rows.shape) != (ids.numel(), *row_shape):
+        raise ValueError(f"{rows_key}: shape {tuple(rows.shape)}, expected "
+                         f"{(ids.numel(), *row_shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_rows):
+        raise ValueError(f"{ids_key}: row ids must lie in [0, {n_rows})")
+    if ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise ValueError(f"{ids_key}: row ids must be strictly increasing")
+    if not bool(torch.isfinite(rows).all()):
+        raise ValueError(f"{rows_key}: non-finite values")
+    return RowSparse.build(torch.zeros_like(ids), ids, rows, 1, n_rows)

@@ -41,6 +41,7 @@ from flwr.common import log as flwr_log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedrec.rowsparse import ROW_IDS, RowSparse, decode_rows
 from strategies.server import RoundReport, ServerAggregator
 from strategies.validation import check_update, log_rejections
 
@@ -67,6 +68,25 @@ def reply_update(content: RecordDict) -> tuple[dict[str, Any], dict[str, Any]]:
     if len(arrays) != 1 or len(metrics) != 1:
         raise ValueError(f"expected 1 ArrayRecord and 1 MetricRecord, got {len(arrays)} and {len(metrics)}")
     return dict(arrays[0].to_torch_state_dict()), dict(metrics[0])
+
+
+def stack_replies(arrays: list[dict[str, torch.Tensor]], shapes: Mapping[str, tuple[int, ...]]
+                  ) -> dict[str, torch.Tensor | RowSparse]:
+    """Stack validated replies' arrays by parameter (float32), in the given client order.
+
+    A table any reply sent row-sparse (``<name>::row_ids`` / ``<name>::rows``) is stacked as a
+    :class:`~fedrec.rowsparse.RowSparse` (dense replies of it are converted); the others as
+    ``Tensor[n, *shape]``.
+    """
+    out: dict[str, torch.Tensor | RowSparse] = {}
+    for name, shape in shapes.items():
+        if any(name + ROW_IDS in a for a in arrays):
+            parts = [decode_rows(a, name, shape) if name + ROW_IDS in a
+                     else RowSparse.from_dense(a[name][None]) for a in arrays]
+            out[name] = RowSparse.concat(parts).to(torch.float32)
+        else:
+            out[name] = torch.stack([a[name].to(torch.float32) for a in arrays])
+    return out
 
 
 def _number(value: Any) -> float:
@@ -245,7 +265,7 @@ class FedRecStrategy(FedAvg):
             return None, None
         updates.sort(key=lambda u: u[0])
         ids = [u[0] for u in updates]
-        stacked = {n: torch.stack([u[1][n].to(torch.float32) for u in updates]) for n in self.shapes}
+        stacked = stack_replies([u[1] for u in updates], self.shapes)
         weights = torch.tensor([u[2] for u in updates], dtype=torch.float64)
         new, report = self.aggregator.round(self.current, stacked, weights, ids,
                                             server_round - 1, self.epoch_of(server_round))

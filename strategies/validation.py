@@ -2,6 +2,8 @@
 
 Every update must have exactly the expected parameter names, the expected shapes, and only
 finite values; otherwise it is dropped (with a log line) and the round goes on with the rest.
+A table may come row-sparse, as the pair ``<name>::row_ids`` / ``<name>::rows``
+(:func:`fedrec.rowsparse.decode_rows`), instead of ``<name>``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedrec.rowsparse import RowSparse
+from fedrec.rowsparse import ROW_IDS, ROW_VALUES, RowSparse, decode_rows
 
 log = logging.getLogger("fedrec")
 
@@ -26,8 +28,22 @@ def check_update(update: Mapping[str, object], shapes: Mapping[str, tuple[int, .
     shapes : mapping
         Expected ``name -> shape``.
     """
-    missing = [n for n in shapes if n not in update]
-    extra = [n for n in update if n not in shapes]
+    sent = set(update)
+    as_rows = set()
+    for name, shape in shapes.items():
+        pair = {name + ROW_IDS, name + ROW_VALUES}
+        if not pair & sent:
+            continue
+        if name in sent:
+            return f"{name}: sent both dense and as rows"
+        try:
+            decode_rows(update, name, shape)  # type: ignore[arg-type]
+        except ValueError as exc:
+            return str(exc)
+        sent = (sent - pair) | {name}
+        as_rows.add(name)
+    missing = [n for n in shapes if n not in sent]
+    extra = [n for n in sent if n not in shapes]
     if missing or extra:
         parts = []
         if missing:
@@ -36,6 +52,8 @@ def check_update(update: Mapping[str, object], shapes: Mapping[str, tuple[int, .
             parts.append(f"unexpected {extra[:3]}")
         return "wrong keys: " + ", ".join(parts)
     for name, shape in shapes.items():
+        if name in as_rows:
+            continue
         value = update[name]
         if not isinstance(value, torch.Tensor):
             return f"{name}: not a tensor"

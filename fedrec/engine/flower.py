@@ -46,6 +46,7 @@ from fedrec.device import device_scope, resolve_device
 from fedrec.engine.context import RunContext
 from fedrec.engine.federation import FederatedTrainerBase, Federation, build_aggregator
 from fedrec.logs import quiet_third_party
+from fedrec.rowsparse import encode_rows
 from strategies.fedrec_strategy import FedRecStrategy
 from strategies.server import ServerAggregator
 
@@ -129,6 +130,18 @@ def client_train(fed: Federation, client_id: int, round_idx: int,
         return client_update(model, params, fed.client_sequence(client_id), client_id, rc)
 
 
+def reply_arrays(fed: Federation, upd: Update) -> ArrayRecord:
+    """The update as it travels back: its tensors, and with ``federation.item_updates: sparse``
+    each item table as its touched rows (:func:`fedrec.rowsparse.encode_rows`)."""
+    items = (set(fed.ctx.model.item_param_names)
+             if fed.ctx.cfg.federation.item_updates == "sparse" else set())
+    out: dict[str, torch.Tensor] = {}
+    for k, v in upd.params.items():
+        v = v.detach().cpu()
+        out.update(encode_rows(k, v) if k in items else {k: v.contiguous()})
+    return ArrayRecord(out)
+
+
 def make_client_app(cfg_json: str | None = None) -> ClientApp:
     """A ``ClientApp`` for experiment ``cfg_json`` (None: read it from the run config)."""
     app = ClientApp()
@@ -152,8 +165,8 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
             upd = client_train(fed, cid, int(msg.content["config"]["fedrec-round"]), params)
         metrics = MetricRecord({"num-examples": int(upd.num_examples), "client-id": cid,
                                 "loss": float(upd.metrics.get("loss", 0.0))})
-        arrays = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in upd.params.items()})
-        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+        return Message(RecordDict({"arrays": reply_arrays(fed, upd), "metrics": metrics}),
+                       reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
