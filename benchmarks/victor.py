@@ -5,8 +5,8 @@ Every variant is ``experiments/centralized/victor_videos.yaml`` run through ``fe
 its own process and run directory (``--resume``: an interrupted benchmark continues where it
 stopped); "none" sets every task weight to 0 (the steps then train nothing), "-task" sets one
 weight to 0. Prints the mean and standard deviation over seeds of the test metrics
-(:mod:`fedrec.baselines.victor.evaluate`: retrieval R@k both ways among the 60 test videos,
-digit/motion probe accuracy, cold-video HR@10/NDCG@10 in full ranking among the 60 test cold
+(:mod:`fedrec.baselines.victor.evaluate`: retrieval R@k both ways among the split's test videos,
+digit/motion probe accuracy, cold-video HR@10/NDCG@10 in full ranking among the test cold
 videos), seconds per pre-training epoch and each run's peak RSS.
 
     nice -n 10 python benchmarks/victor.py --out runs/bench_victor --seeds 0 1 2
@@ -41,11 +41,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench_victor")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="variants to run (default all: full, none, -<task>)")
     ap.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     args = ap.parse_args()
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for name, sets in variants().items():
+            if args.variants is not None and name not in args.variants:
+                continue
             out = Path(args.out) / f"seed{seed}" / name
             flags = [x for s in [*args.set, f"seed={seed}", f"name=victor_{name}", *sets]
                      for x in ("--set", s)]
@@ -54,8 +58,8 @@ def main() -> None:
                            stdout=subprocess.DEVNULL)
             results.setdefault(name, []).append(json.loads((out / "summary.json").read_text()))
     short = [c.split("/")[1] for c in COLUMNS]
-    print(f"| variant | {' | '.join(short)} | s/epoch | peak RSS MiB |")
-    print("|" + "---|" * (len(COLUMNS) + 3))
+    print(f"| variant | seeds | {' | '.join(short)} | s/epoch | peak RSS MiB |")
+    print("|" + "---|" * (len(COLUMNS) + 4))
     for name, runs in results.items():
         cells = []
         for c in COLUMNS:
@@ -63,7 +67,7 @@ def main() -> None:
             cells.append(f"{vals.mean():.3f}±{vals.std():.3f}")
         secs = "—" if name == "none" else f"{np.mean([r['seconds_per_step'] for r in runs]):.1f}"
         rss = max(r["peak_rss_mb"] for r in runs)
-        print(f"| {name} | {' | '.join(cells)} | {secs} | {rss:.0f} |")
+        print(f"| {name} | {len(runs)} | {' | '.join(cells)} | {secs} | {rss:.0f} |")
     print(json.dumps({n: [r["test"] for r in rs] for n, rs in results.items()}))
 
 

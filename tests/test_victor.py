@@ -137,7 +137,7 @@ def test_momentum_update_formula():
     online, mom = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     before = [p.detach().clone() for p in mom.parameters()]
     momentum_update(online, mom, 0.9)
-    for k, q, k0 in zip(mom.parameters(), online.parameters(), before):
+    for k, q, k0 in zip(mom.parameters(), online.parameters(), before, strict=True):
         torch.testing.assert_close(k, 0.9 * k0 + 0.1 * q)
 
 
@@ -147,7 +147,7 @@ def test_minilm_encoder_with_fewer_layers_loads_the_first_layers():
     one = minilm_encoder(layers=1, max_positions=64)
     six = minilm_encoder()
     for (name, a), (_, b) in zip(one.layers[0].state_dict().items(),
-                                 six.layers[0].state_dict().items()):
+                                 six.layers[0].state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     assert len(one.layers) == 1
 

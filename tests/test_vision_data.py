@@ -31,7 +31,8 @@ def test_image_set_is_deterministic_labelled_and_captioned():
     assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
     assert a.images.min() >= 0 and a.images.max() <= 1
     assert sorted(np.bincount(a.labels)[10:].tolist()) == [3] * len(TEXTURE_FILES)
-    assert all(cap == class_caption(int(lab)) for cap, lab in zip(a.captions, a.labels))
+    pairs = zip(a.captions, a.labels, strict=True)
+    assert all(cap == class_caption(int(lab)) for cap, lab in pairs)
     np.testing.assert_allclose(a.complexity, complexity(a.images))
 
 

@@ -183,7 +183,7 @@ def image_set(seed: int = 0, size: int = 32, n_digits: int = 1797, crops_per_tex
     digits, dlabels = digits[:n_digits], dlabels[:n_digits]
     rng = _rng(seed, 1)
     out, labels = [], []
-    for img, lab in zip(digits, dlabels):
+    for img, lab in zip(digits, dlabels, strict=True):
         scale = int(rng.integers(min_scale, size + 1))
         top, left = (int(v) for v in rng.integers(0, size - scale + 1, size=2))
         out.append(paste_digit(img, size, scale, top, left))

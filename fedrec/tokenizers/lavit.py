@@ -227,7 +227,8 @@ class FuserBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor, x_origin: Tensor, policy: Tensor) -> Tensor:
-        """``x`` ``[B, N, D]``, ``x_origin`` = LayerNorm of the input features, policy ``[B, N]``."""
+        """``x`` ``[B, N, D]``, ``x_origin`` = LayerNorm of the input features, policy
+        ``[B, N]``."""
         h = self.norm1(x)
         x = x + self.self_attn(h, h, self_attention_mask(policy))
         x = x + self.cross_attn(self.norm2(x), x_origin, cross_attention_mask(policy))

@@ -29,8 +29,8 @@ from torch import Tensor
 from fedrec.data.vision import ImageSet, class_caption, class_names
 from fedrec.tokenizers.lavit import LaViTTokenizer
 from fedrec.tokenizers.lavit_lm import UnifiedLM, Vocabulary, build_sequence, pad_batch
-from fedrec.tokenizers.vq import perplexity
 from fedrec.tokenizers.vit import ViT
+from fedrec.tokenizers.vq import perplexity
 
 
 def split_images(images: ImageSet, valid_share: float = 0.1, test_share: float = 0.2
@@ -85,7 +85,7 @@ def tokenize_all(tok: LaViTTokenizer, feats: Tensor, batch_size: int = 256
         out = tok(feats[s:s + batch_size])
         recon.append(out.recon)
         n_tok.append(out.n_tokens.numpy())
-        for row, valid in zip(out.ids, out.valid):
+        for row, valid in zip(out.ids, out.valid, strict=True):
             codes.append([int(c) for c in row[valid]] if tok.quantize else [])
         if out.counts is not None:
             counts = out.counts if counts is None else counts + out.counts
@@ -110,7 +110,7 @@ def tokenizer_metrics(tok: LaViTTokenizer, feats: Tensor, complexity: np.ndarray
 def lm_sequences(vocab: Vocabulary, codes: list[list[int]], captions: list[str]
                  ) -> list[list[int]]:
     """Both orders (image -> text, text -> image) for every image."""
-    return [build_sequence(vocab, c, t, first) for c, t in zip(codes, captions)
+    return [build_sequence(vocab, c, t, first) for c, t in zip(codes, captions, strict=True)
             for first in (True, False)]
 
 
@@ -150,7 +150,7 @@ def caption_accuracy(lm: UnifiedLM, vocab: Vocabulary, codes: list[list[int]],
                      captions: list[str]) -> float:
     """Share of exact greedy captions."""
     lm.eval()
-    hits = [lm.caption(vocab, c) == t for c, t in zip(codes, captions)]
+    hits = [lm.caption(vocab, c) == t for c, t in zip(codes, captions, strict=True)]
     return float(np.mean(hits))
 
 

@@ -54,7 +54,8 @@ def build_data(seed: int, n_videos: int, n_users: int, size: int = 24, n_frames:
     tok = MiniLMTokenizer()
     flat = [s for sents in videos.sentences for s in sents]
     ids, mask = tok.encode(flat, max_len=64)
-    rows = [[int(t) for t, m in zip(r, k) if m][1:-1] for r, k in zip(ids, mask)]
+    rows = [[int(t) for t, m in zip(r, k, strict=True) if m][1:-1]
+            for r, k in zip(ids, mask, strict=True)]
     per = len(videos.sentences[0])
     sentence_ids = [rows[i * per:(i + 1) * per] for i in range(n_videos)]
     used = sorted({t for r in rows for t in r} | {tok.sep_id})
@@ -100,7 +101,7 @@ def assemble_text(data: VictorData, videos: np.ndarray, orders: Tensor | None = 
     out = torch.full((len(rows), width), data.pad_id, dtype=torch.long)
     slot_t = torch.full((len(rows), width), -1, dtype=torch.long)
     att = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, s) in enumerate(zip(rows, slots)):
+    for i, (r, s) in enumerate(zip(rows, slots, strict=True)):
         out[i, :len(r)] = torch.tensor(r)
         slot_t[i, :len(s)] = torch.tensor(s)
         att[i, :len(r)] = 1
@@ -111,7 +112,7 @@ def sentence_targets(data: VictorData, videos: np.ndarray, sentence: Tensor
                      ) -> tuple[Tensor, Tensor]:
     """MSG decoder input and target of sentence ``sentence[b]`` of each video: input
     ``[CLS] w_1 .. w_n`` and target ``w_1 .. w_n [SEP]`` (padded with ``pad_id`` / -100)."""
-    seqs = [data.sentence_ids[v][int(s)] for v, s in zip(videos.tolist(), sentence)]
+    seqs = [data.sentence_ids[v][int(s)] for v, s in zip(videos.tolist(), sentence, strict=True)]
     width = max(len(s) for s in seqs) + 1
     inp = torch.full((len(seqs), width), data.pad_id, dtype=torch.long)
     tgt = torch.full((len(seqs), width), -100, dtype=torch.long)

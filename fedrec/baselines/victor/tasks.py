@@ -182,7 +182,7 @@ def dual_nce(v: Tensor, t: Tensor, v_key: Tensor, t_key: Tensor, v_queue: Tensor
 @torch.no_grad()
 def momentum_update(online: nn.Module, momentum: nn.Module, m: float) -> None:
     """``theta_k <- m theta_k + (1 - m) theta_q`` for every parameter (MoCo)."""
-    for q, k in zip(online.parameters(), momentum.parameters()):
+    for q, k in zip(online.parameters(), momentum.parameters(), strict=True):
         k.mul_(m).add_(q.detach(), alpha=1.0 - m)
 
 
