@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from fedrec.errors import ConfigError
-
 from fedrec.rowsparse import RowSparse
 
 from .base import AggregationContext, AggregationInfo, Defense, Stacked, all_kept

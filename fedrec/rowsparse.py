@@ -118,7 +118,8 @@ class RowSparse:
     def from_dense(cls, x: Tensor) -> RowSparse:
         """The row-sparse form of a dense stack ``[n, n_rows, *row_shape]``."""
         if x.dim() < 2:
-            raise ValueError(f"RowSparse.from_dense: expected [n, n_rows, ...], got {tuple(x.shape)}")
+            raise ValueError(
+                f"RowSparse.from_dense: expected [n, n_rows, ...], got {tuple(x.shape)}")
         n, n_rows = x.shape[:2]
         flat = x.reshape(n, n_rows, -1)
         l1 = torch.linalg.vector_norm(flat, ord=1, dim=2)

@@ -111,7 +111,8 @@ class FederatedTrainer(FederatedTrainerBase):
         """``sum_i coef[i] * g_i`` over the benign clients (FedSGD) and their losses."""
         return combined_fedsgd_gradient(self.ctx.model, self.params, seqs, benign, coef, rc)
 
-    def _malicious_updates(self, ids: np.ndarray, rc: RoundConfig) -> tuple[Stacked | None, list[int]]:
+    def _malicious_updates(self, ids: np.ndarray, rc: RoundConfig
+                           ) -> tuple[Stacked | None, list[int]]:
         if len(ids) == 0:
             return None, []
         ups = [self.fed.attack.craft(self.ctx.model, self.params, int(c), self.fed.threat, rc) for c in ids]
