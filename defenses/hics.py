@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from fedrec.errors import ConfigError
+from fedrec.rowsparse import RowSparse
 
 from .base import AggregationContext, AggregationInfo, Defense, Stacked, all_kept, check_item_params
 from .clipping import clip_scales
@@ -79,6 +80,7 @@ class HiCS(Defense):
     homogeneous = False  # fixed item radius tau_item
     idempotent = False
     rowwise = True
+    sparse_rows = True
 
     def __init__(
         self,
@@ -135,10 +137,17 @@ class HiCS(Defense):
         for key in items:
             table = stacked[key]
             rows = table.shape[1]
-            x = table.reshape(n, rows, -1)
-            touched = touched_rows(table)
-            denom = w64 @ touched.to(torch.float64)  # example weight touching each row
-            sums = combine({key: x}, w64)[key].to(torch.float64)  # [rows, d]
+            if isinstance(table, RowSparse):  # the touched rows as stored
+                row_dim = table.row_dim
+                denom = torch.zeros(rows, dtype=torch.float64).index_add_(
+                    0, table.ids, w64[table.clients])
+                sums = table.combine(w64).reshape(rows, row_dim).to(torch.float64)
+            else:
+                x = table.reshape(n, rows, -1)
+                row_dim = x.shape[2]
+                touched = touched_rows(table)
+                denom = w64 @ touched.to(torch.float64)  # example weight touching each row
+                sums = combine({key: x}, w64)[key].to(torch.float64)  # [rows, d]
             mean = torch.where(denom[:, None] > 0, sums / denom.clamp_min(1e-300)[:, None],
                                torch.zeros((), dtype=torch.float64))
             row_scale = clip_scales(mean.pow(2).sum(dim=1), self.tau_item)
@@ -147,11 +156,11 @@ class HiCS(Defense):
             touched_rows_total += touched_total_rows
             bank = self._bank.get(key)
             if bank is None:
-                bank = torch.zeros(rows, x.shape[2], dtype=torch.float64)
-            elif bank.shape != (rows, x.shape[2]):
+                bank = torch.zeros(rows, row_dim, dtype=torch.float64)
+            elif bank.shape != (rows, row_dim):
                 raise ValueError(
                     f"hics: stored bank of {key!r} has shape {tuple(bank.shape)}, "
-                    f"expected {(rows, x.shape[2])}"
+                    f"expected {(rows, row_dim)}"
                 )
             bank = bank + mean * row_scale[:, None]
             sel = hics_select(bank.pow(2).sum(dim=1).sqrt(), self.rows_per_round(rows))
