@@ -115,13 +115,19 @@ class FederatedTrainer(FederatedTrainerBase):
                            ) -> tuple[Stacked | None, list[int]]:
         if len(ids) == 0:
             return None, []
-        ups = [self.fed.attack.craft(self.ctx.model, self.params, int(c), self.fed.threat, rc) for c in ids]
         items = set(self.ctx.model.item_param_names) if self.sparse_items else set()
-        stacked: Stacked = {  # attacks craft dense tables; with sparse items keep their rows only
-            n: (RowSparse.concat([RowSparse.from_dense(u.params[n][None]) for u in ups])
-                if n in items else torch.stack([u.params[n] for u in ups]))
+        ups = []
+        for c in ids:
+            u = self.fed.attack.craft(self.ctx.model, self.params, int(c), self.fed.threat, rc)
+            # attacks craft dense tables; with sparse items keep only each one's touched rows
+            # (converted as crafted, so at most one attacker's dense table is alive at a time)
+            ups.append((u.num_examples, {n: (RowSparse.from_dense(v[None]) if n in items else v)
+                                         for n, v in u.params.items()}))
+        stacked: Stacked = {
+            n: (RowSparse.concat([u[n] for _, u in ups]) if n in items
+                else torch.stack([u[n] for _, u in ups]))
             for n in self.params}
-        return stacked, [u.num_examples for u in ups]
+        return stacked, [k for k, _ in ups]
 
     def _linear_fedsgd_round(self, step: int, rc: RoundConfig, benign: np.ndarray,
                              seqs: list[np.ndarray], weights_b: list[int], mal: np.ndarray,
