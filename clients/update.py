@@ -399,6 +399,10 @@ def batched_updates(
                 pieces.append((index[:, None].expand_as(uids), uids, out[item_key].detach()))
             losses.index_copy_(0, index, loss.detach())
     if item_key is not None:
+        table = base[item_key]
+        if not pieces:  # no client: an empty stack
+            pieces = [(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long),
+                       table.new_zeros((0, 1, *table.shape[1:])))]
         owners, row_ids, values = (torch.cat([p[j].reshape(-1, *p[j].shape[2:]) for p in pieces])
                                    for j in range(3))
         # the padding positions of uids repeat row 0 with a zero update; build drops zero rows,
@@ -406,5 +410,5 @@ def batched_updates(
         first = torch.ones_like(row_ids, dtype=torch.bool)
         first[1:] = (row_ids[1:] != 0) | (owners[1:] != owners[:-1])
         stacked[item_key] = RowSparse.build(owners[first], row_ids[first], values[first],
-                                            len(seqs), base[item_key].shape[0])
+                                            len(seqs), table.shape[0])
     return stacked, losses

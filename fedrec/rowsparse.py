@@ -45,7 +45,7 @@ ROW_VALUES = "::rows"
 
 def _nonzero_rows(rows: Tensor) -> Tensor:
     """``bool[nnz]``: which rows hold a nonzero entry (L1 norm > 0; NaN rows count as nonzero)."""
-    flat = rows.reshape(rows.shape[0], -1)
+    flat = rows.reshape(rows.shape[0], int(torch.Size(rows.shape[1:]).numel()))
     l1 = torch.linalg.vector_norm(flat, ord=1, dim=1)
     return (l1 > 0) | torch.isnan(l1)
 
@@ -121,7 +121,7 @@ class RowSparse:
             raise ValueError(
                 f"RowSparse.from_dense: expected [n, n_rows, ...], got {tuple(x.shape)}")
         n, n_rows = x.shape[:2]
-        flat = x.reshape(n, n_rows, -1)
+        flat = x.reshape(n, n_rows, int(torch.Size(x.shape[2:]).numel()))
         l1 = torch.linalg.vector_norm(flat, ord=1, dim=2)
         touched = (l1 > 0) | torch.isnan(l1)
         clients, ids = torch.nonzero(touched, as_tuple=True)  # row-major: sorted by (client, id)

@@ -125,3 +125,12 @@ def test_densify_leaves_dense_values():
     x = _table()
     out = densify({"a": RowSparse.from_dense(x), "b": x})
     assert torch.equal(out["a"], x) and out["b"] is x
+
+
+def test_empty_stacks():
+    empty = RowSparse.from_dense(torch.zeros(0, 5, 3))
+    assert empty.n == 0 and empty.nnz == 0 and empty.to_dense().shape == (0, 5, 3)
+    none = RowSparse.from_dense(torch.zeros(2, 5, 3))
+    assert none.nnz == 0 and none.sq_norms().tolist() == [0.0, 0.0]
+    assert torch.equal(none.combine(torch.ones(2)), torch.zeros(5, 3))
+    assert none.finite().tolist() == [True, True]

@@ -74,3 +74,13 @@ def test_full_softmax_models_are_refused(split):
     with pytest.raises(ValueError, match="sparse item updates"):
         batched_updates(bert, param_copy(bert), [split.train[0]], np.array([0]), rc,
                         sparse_items=True)
+
+
+def test_no_clients_give_an_empty_stack(split):
+    model = small_model("sasrec", split.n_items)
+    rc = RoundConfig(round=0, epoch=0)
+    stacked, losses = batched_updates(model, param_copy(model), [], np.array([], dtype=np.int64),
+                                      rc, sparse_items=True)
+    table = stacked[model.item_param_names[0]]
+    assert isinstance(table, RowSparse) and table.n == 0 and table.nnz == 0
+    assert table.shape == (0, *model.item_emb.weight.shape) and len(losses) == 0
