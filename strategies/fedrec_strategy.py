@@ -7,7 +7,8 @@ Subclasses :class:`flwr.serverapp.strategy.FedAvg` (Message API, flwr 1.42) and 
   own sampling) with the round config, and records which client each message went to;
 * ``aggregate_train``: drops, with a log line, error replies, malformed replies, replies whose
   identity does not hold up and malformed updates (wrong keys or shapes, non-finite values),
-  stacks the rest into tensors ordered by client id, and runs
+  stacks the rest into tensors ordered by client id (an item table sent as
+  ``<name>::row_ids`` / ``<name>::rows`` into a :class:`fedrec.rowsparse.RowSparse`), and runs
   :class:`strategies.server.ServerAggregator` (defense + server optimizer). It returns the
   **new global parameters** (not the raw aggregate), so ``Strategy.start`` works unchanged.
 
