@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -95,3 +96,32 @@ def device_scope(device: torch.device | str) -> Iterator[torch.device]:
 def current_device() -> torch.device:
     """The device tensors are created on by default here (CPU outside :func:`device_scope`)."""
     return torch.get_default_device()
+
+
+def cuda_rng_state() -> list[torch.Tensor]:
+    """The CUDA generators' states when CUDA is in use in this process (else empty): dropout on
+    a GPU draws from them, so a checkpoint keeps them to resume to the same numbers."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return list(torch.cuda.get_rng_state_all())
+    return []
+
+
+def set_cuda_rng_state(states: list[torch.Tensor] | None) -> None:
+    """Restore what :func:`cuda_rng_state` returned (nothing to do when it was empty)."""
+    if states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states)
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``.
+
+    Checkpoints are read onto the CPU; a run resumed on a GPU moves its parameters and server
+    state back with this (RNG states stay on the CPU, where torch expects them).
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj

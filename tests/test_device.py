@@ -90,3 +90,14 @@ def test_auto_on_a_cpu_machine_gives_the_cpu_results(tmp_path, no_cuda):
         cfg = config_with(raw, **{"device": device, "federation.epochs": 1, "name": device})
         runs.append(run_experiment(cfg, tmp_path / device, progress=False)["test"])
     assert runs[0] == runs[1] and runs[0]
+
+
+def test_checkpoint_state_moves_nested_tensors_and_keeps_cpu_checkpoints_as_they_were():
+    from fedrec.device import cuda_rng_state, to_device
+
+    state = {"a": torch.ones(2), "b": [torch.zeros(1), (torch.ones(1), 3)], "c": "x"}
+    moved = to_device(state, torch.device("cpu"))
+    assert moved["c"] == "x" and isinstance(moved["b"][1], tuple) and moved["b"][1][1] == 3
+    assert torch.equal(moved["b"][1][0], torch.ones(1))
+    if not torch.cuda.is_available():
+        assert cuda_rng_state() == []  # so a CPU checkpoint has no "cuda_rng" entry

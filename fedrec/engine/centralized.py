@@ -14,6 +14,7 @@ import torch
 
 from fedrec.data.batching import minibatches
 from fedrec.data.random import stream_key
+from fedrec.device import cuda_rng_state, set_cuda_rng_state
 from fedrec.engine.context import RunContext
 from fedrec.engine.loop import Trainer
 
@@ -61,6 +62,8 @@ class EpochTrainer(Trainer):
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         state["torch_rng"] = torch.get_rng_state()
+        if cuda := cuda_rng_state():  # dropout on a GPU
+            state["cuda_rng"] = cuda
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -70,6 +73,7 @@ class EpochTrainer(Trainer):
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        set_cuda_rng_state(state.get("cuda_rng"))
 
 
 class CentralizedTrainer(EpochTrainer):

@@ -29,6 +29,7 @@ from attacks.threat import ThreatModel, build_threat_model
 from clients.update import RoundConfig, batched_updates, combined_fedsgd_gradient
 from defenses.registry import build_defense
 from fedrec.config import ExperimentConfig
+from fedrec.device import cuda_rng_state, set_cuda_rng_state, to_device
 from fedrec.engine.context import RunContext
 from fedrec.engine.converged import load_initial_params
 from fedrec.engine.loop import Trainer
@@ -243,15 +244,23 @@ class FederatedTrainerBase(Trainer):
         return self.params
 
     def state_dict(self) -> dict[str, Any]:
-        """Global parameters, server state, torch RNG and the last evaluation."""
-        return {"params": self.model_state(), "server": self.aggregator.state_dict(),
-                "torch_rng": torch.get_rng_state(), "last_eval": dict(self.last_eval)}
+        """Global parameters, server state, torch RNG (and CUDA's, on a GPU) and the last
+        evaluation."""
+        state = {"params": self.model_state(), "server": self.aggregator.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "last_eval": dict(self.last_eval)}
+        if cuda := cuda_rng_state():
+            state["cuda_rng"] = cuda
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
+        """Restore from :meth:`state_dict` (read onto the CPU; moved to the run's device)."""
+        if self.ctx.device.type != "cpu":
+            state = {**state, "params": to_device(state["params"], self.ctx.device),
+                     "server": to_device(state["server"], self.ctx.device)}
         self.load_model_state(state["params"])
         self.aggregator.load_state_dict(state["server"])
         torch.set_rng_state(state["torch_rng"])
+        set_cuda_rng_state(state.get("cuda_rng"))
         self.last_eval = dict(state.get("last_eval", {}))
 
 
