@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -60,18 +60,22 @@ def fail(exc: BaseException) -> None:
 
 def format_metrics(metrics: dict[str, float],
                    keys: tuple[str, ...] = ("HR@10", "NDCG@10", "ER@10", "mean_AUC", "mean_GAUC")) -> str:
-    """Compact ``protocol/metric=value`` listing of the headline metrics."""
+    """Compact ``protocol/metric=value`` listing of the headline metrics (of every metric, at
+    most 8, for a method that reports none of ``keys``, e.g. a classifier)."""
     shown = [f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.split("/")[-1] in keys]
+    if not shown:
+        shown = [f"{k}={v:.4f}" for k, v in sorted(metrics.items())
+                 if isinstance(v, (int, float))][:8]
     return "  ".join(shown)
 
 
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key: a.b=value (repeatable).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: a.b=value (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: <output_dir>/<name>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: <output_dir>/<name>).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Detailed logs.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -104,10 +108,10 @@ def bench(
         help="'local': start a fresh local Ray instance; 'auto' or HOST:PORT: attach to a running "
              "cluster (fedrec installed on every node, --out on a shared filesystem); 'inline': "
              "no Ray, cells one after another in this process (debugging).")] = "local",
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <base output_dir>/<grid name>).")] = None,
-    max_parallel: Annotated[Optional[int], typer.Option(help="At most N cells at once (default: as Ray's CPUs allow).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <base output_dir>/<grid name>).")] = None,
+    max_parallel: Annotated[int | None, typer.Option(help="At most N cells at once (default: as Ray's CPUs allow).")] = None,
     cpus_per_cell: Annotated[float, typer.Option(help="Ray CPUs per cell (also its torch threads).")] = 1.0,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key of the base config: a.b=value (repeatable).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key of the base config: a.b=value (repeatable).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Detailed logs, Ray's and the workers' output.")] = False,
     progress: Annotated[bool, typer.Option(help="Show the grid's progress bar.")] = True,
     dry_run: Annotated[bool, typer.Option(help="List the cells and exit.")] = False,

@@ -483,7 +483,8 @@ def early_stopping_metrics(cfg: ExperimentConfig) -> list[str] | None:
 
     cls = model_class(cfg.model.name)
     if hasattr(cls, "metric_names"):
-        return list(cls.metric_names(cfg))
+        names = cls.metric_names(cfg)  # None: settings the model itself reports as wrong
+        return list(names) if names is not None else None
     return None if hasattr(cls, "make_trainer") else metric_names(cfg.eval)
 
 

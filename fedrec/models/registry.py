@@ -22,6 +22,7 @@ MODELS: dict[str, type[SequentialRecommender] | str] = {
     "gcl4sr": "fedrec.baselines.gcl4sr.model:GCL4SR",
     "sitn": "fedrec.baselines.sitn.model:SITN",
     "sass": "fedrec.baselines.sass.model:SASS",
+    "crosstimenet": "fedrec.baselines.crosstimenet.model:CrossTimeNet",
     "cdl": "fedrec.baselines.cdl.model:CDL",
     "mgbert": "fedrec.baselines.mgbert.model:MGBert",
     "lavit": "fedrec.baselines.lavit.model:LaViT",

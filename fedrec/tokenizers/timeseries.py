@@ -270,6 +270,72 @@ def evaluate(tokenizer: TimeSeriesTokenizer, X: Tensor, batch_size: int = 256) -
             "usage": float((counts > 0).float().mean())}
 
 
+def tokenizer_optimizer(tokenizer: nn.Module, lr: float = 5e-4,
+                        weight_decay: float = 1e-5) -> torch.optim.Optimizer:
+    """The code's Adam for a tokenizer (lr 5e-4 and weight decay 1e-5 by default)."""
+    return torch.optim.Adam(tokenizer.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def decayed_lr(base_lr: float, step: int) -> float:
+    """The code's schedule: ``base_lr * 0.99 ** (step // 300)`` after ``step`` optimizer steps."""
+    return base_lr * 0.99 ** (step // 300)
+
+
+def train_epoch(
+    tokenizer: TimeSeriesTokenizer,
+    X: Tensor,
+    optimizer: torch.optim.Optimizer,
+    order: Tensor,
+    *,
+    base_lr: float,
+    first_step: int = 0,
+    batch_size: int = 32,
+    clip: float = 5.0,
+    epoch: int = 0,
+) -> tuple[dict[str, float], int]:
+    """One epoch of tokenizer training over ``X[order]`` in batches of ``batch_size``.
+
+    Each optimizer step ``t`` (counted from ``first_step``) runs at
+    ``decayed_lr(base_lr, t)`` and clips gradients at norm ``clip``. Dropout draws from torch's
+    global generator.
+
+    Returns
+    -------
+    stats, steps : dict, int
+        ``loss``, ``recon_mse``, ``perplexity``, ``usage`` over the epoch's training
+        assignments, and the number of optimizer steps taken.
+
+    Raises
+    ------
+    ValueError
+        A non-finite loss.
+    """
+    tokenizer.train()
+    tot_loss = tot_sq = 0.0
+    n_el = steps = 0
+    counts = torch.zeros(tokenizer.vq.codebook_size, dtype=torch.long)
+    for start in range(0, len(order), batch_size):
+        xb = X[order[start: start + batch_size]]
+        out = tokenizer(xb)
+        if not torch.isfinite(out.loss):
+            raise ValueError(f"epoch {epoch}: non-finite tokenizer loss")
+        for group in optimizer.param_groups:
+            group["lr"] = decayed_lr(base_lr, first_step + steps)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        nn.utils.clip_grad_norm_(tokenizer.parameters(), clip)
+        optimizer.step()
+        steps += 1
+        tot_loss += float(out.loss.detach()) * len(xb)
+        tot_sq += float(out.recon_loss.detach()) * xb.numel()
+        n_el += xb.numel()
+        counts += out.counts.detach().cpu()
+    stats = {"loss": tot_loss / max(len(order), 1), "recon_mse": tot_sq / max(n_el, 1),
+             "perplexity": float(perplexity(counts)),
+             "usage": float((counts > 0).float().mean())}
+    return stats, steps
+
+
 def train_tokenizer(
     tokenizer: TimeSeriesTokenizer,
     X: Tensor,
@@ -285,8 +351,8 @@ def train_tokenizer(
     """Train ``tokenizer`` on ``X`` ``[n, C, L]`` (already scaled) with Adam.
 
     The learning rate is multiplied by 0.99 every 300 steps and gradients are clipped at norm
-    ``clip`` (the CrossTimeNet code's schedule). Batches are a seeded permutation per epoch.
-    Perplexity and usage are over the epoch's training assignments.
+    ``clip`` (the CrossTimeNet code's schedule; :func:`train_epoch`). Batches are a seeded
+    permutation per epoch. Perplexity and usage are over the epoch's training assignments.
 
     Returns
     -------
@@ -304,35 +370,19 @@ def train_tokenizer(
     X = torch.as_tensor(X, dtype=torch.float32)
     if not torch.isfinite(X).all():
         raise ValueError("X: expected finite values")
-    opt = torch.optim.Adam(tokenizer.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.99 ** (step // 300))
+    opt = tokenizer_optimizer(tokenizer, lr, weight_decay)
     gen = torch.Generator().manual_seed(seed)
     stats: list[EpochStats] = []
+    step = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout
         for epoch in range(epochs):
             t0 = time.perf_counter()
-            tokenizer.train()
             order = torch.randperm(len(X), generator=gen)
-            tot_loss = tot_sq = 0.0
-            n_el = 0
-            counts = torch.zeros(tokenizer.vq.codebook_size, dtype=torch.long)
-            for start in range(0, len(X), batch_size):
-                xb = X[order[start: start + batch_size]]
-                out = tokenizer(xb)
-                if not torch.isfinite(out.loss):
-                    raise ValueError(f"epoch {epoch}: non-finite tokenizer loss")
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                nn.utils.clip_grad_norm_(tokenizer.parameters(), clip)
-                opt.step()
-                sched.step()
-                tot_loss += float(out.loss.detach()) * len(xb)
-                tot_sq += float(out.recon_loss.detach()) * xb.numel()
-                n_el += xb.numel()
-                counts += out.counts.detach().cpu()
+            got, steps = train_epoch(tokenizer, X, opt, order, base_lr=lr, first_step=step,
+                                     batch_size=batch_size, clip=clip, epoch=epoch)
+            step += steps
             val = evaluate(tokenizer, X_val)["mse"] if X_val is not None else float("nan")
-            stats.append(EpochStats(epoch, tot_loss / len(X), tot_sq / n_el,
-                                    float(perplexity(counts)), float((counts > 0).float().mean()),
-                                    val, time.perf_counter() - t0))
+            stats.append(EpochStats(epoch, got["loss"], got["recon_mse"], got["perplexity"],
+                                    got["usage"], val, time.perf_counter() - t0))
     return stats
