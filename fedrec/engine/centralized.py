@@ -76,6 +76,45 @@ class EpochTrainer(Trainer):
         set_cuda_rng_state(state.get("cuda_rng"))
 
 
+class PretrainThenTrainTrainer(EpochTrainer):
+    """An :class:`EpochTrainer` with ``pre_steps`` pre-training epochs before the
+    ``train.epochs`` epochs of the main stage (MG-BERT, SASS).
+
+    Evaluation runs every ``train.eval_every`` main-stage epochs; each step's ``stage`` is
+    ``"pretrain"`` or :attr:`main_stage`; the pre-training optimizer is checkpointed with the
+    rest. A subclass sets ``self.pre_steps`` and ``self.pre_optimizer`` besides what
+    :class:`EpochTrainer` needs.
+    """
+
+    #: name of the stage after pre-training in ``metrics.jsonl``
+    main_stage = "finetune"
+    pre_steps: int
+    pre_optimizer: torch.optim.Optimizer
+
+    @property
+    def n_steps(self) -> int:
+        """Pre-training epochs + main-stage epochs."""
+        return self.pre_steps + self.ctx.cfg.train.epochs
+
+    def is_eval_step(self, step: int) -> bool:
+        """Every ``train.eval_every`` main-stage epochs."""
+        every = self.ctx.cfg.train.eval_every
+        return step >= self.pre_steps and (step - self.pre_steps + 1) % every == 0
+
+    def step_info(self, step: int) -> dict[str, Any]:
+        """Which stage the step belongs to."""
+        return {"stage": "pretrain" if step < self.pre_steps else self.main_stage}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state plus the pre-training optimizer."""
+        return {**super().state_dict(), "pre_optimizer": self.pre_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        super().load_state_dict(state)
+        self.pre_optimizer.load_state_dict(state["pre_optimizer"])
+
+
 class CentralizedTrainer(EpochTrainer):
     """Mini-batch training of the context's model (Adam), one step = one epoch.
 

@@ -28,8 +28,12 @@ import json
 import logging
 import os
 import shlex
+import threading
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from queue import Queue
 from typing import Any
 
 import numpy as np
@@ -147,7 +151,9 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
     app = ClientApp()
 
     def experiment(context: Context) -> str:
-        return cfg_json if cfg_json is not None else config_from_run_config(dict(context.run_config))
+        if cfg_json is not None:
+            return cfg_json
+        return config_from_run_config(dict(context.run_config))
 
     @app.query()
     def whoami(msg: Message, context: Context) -> Message:
@@ -262,7 +268,8 @@ class FlowerTrainer(FederatedTrainerBase):
         record = RecordDict({"arrays": arrays, "config": ConfigRecord({})})
         nodes = [self.node_of[int(u)] for u in self.fed.client_eval_users()]
         msgs = [Message(record, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
-        replies = [r for r in self.grid.send_and_receive(msgs, timeout=self.timeout) if not r.has_error()]
+        replies = [r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)
+                   if not r.has_error()]
         if not replies:
             return {}
         keys = [k for k in next(iter(replies[0].content.metric_records.values()))
@@ -321,6 +328,54 @@ def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
             "init_args": init_args}
 
 
+def pending_nodes(state: Any, nodes: Mapping[int, int]) -> list[int] | None:
+    """Nodes (among ``nodes``) holding an undelivered message in the simulation's LinkState,
+    in the order their messages were stored; None when ``state`` is not flwr's in-memory
+    LinkState (its ``message_ins_store`` and ``lock``)."""
+    store = getattr(state, "message_ins_store", None)
+    lock = getattr(state, "lock", None)
+    if not isinstance(store, dict) or lock is None:
+        return None
+    with lock:
+        dst = [m.metadata.dst_node_id for m in store.values() if m.metadata.delivered_at == ""]
+    return [n for n in dict.fromkeys(dst) if n in nodes]
+
+
+def queue_pending_messages(state: Any, queue: Queue, nodes: Mapping[int, int],
+                           f_stop: threading.Event, every: float = 0.1) -> None:
+    """The simulation's message pump, asking only the nodes that have a message.
+
+    Stands in for flwr 1.42's ``vce_api.add_messages_to_queue``, which every ``every``
+    seconds calls ``state.get_message_ins(node, limit=1)`` for *every* node, each call
+    scanning the whole message store: with one node per user (3,753 on steam) and a round's
+    256 messages stored, a sweep is ~10^6 message checks and keeps a core of the server's
+    process busy while the clients train. Here each sweep reads the store once
+    (:func:`pending_nodes`) and calls ``get_message_ins`` (the same call, the same checks and
+    delivery marks) only for the nodes it lists. A state of another kind gets the original
+    sweep over all nodes.
+    """
+    while not f_stop.is_set():
+        listed = pending_nodes(state, nodes)
+        for node_id in (nodes if listed is None else listed):
+            for msg in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(msg)
+        f_stop.wait(every)
+
+
+@contextmanager
+def message_pump() -> Iterator[None]:
+    """Run Flower's simulation with :func:`queue_pending_messages` as its message pump
+    (restored on exit)."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original = vce_api.add_messages_to_queue
+    vce_api.add_messages_to_queue = queue_pending_messages
+    try:
+        yield
+    finally:
+        vce_api.add_messages_to_queue = original
+
+
 def run_flower(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
                progress: bool = False) -> dict[str, Any]:
     """Run ``cfg`` on the Flower simulation engine; return the summary."""
@@ -336,9 +391,11 @@ def run_flower(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     env_before = os.environ.get("PYTHONWARNINGS")
     os.environ["PYTHONWARNINGS"] = "ignore"
     try:
-        run_simulation(server_app=make_server_app(cfg_json, str(run_dir), resume, progress, results),
-                       client_app=make_client_app(cfg_json), num_supernodes=n_nodes,
-                       backend_config=backend_config(cfg))
+        with message_pump():
+            run_simulation(server_app=make_server_app(cfg_json, str(run_dir), resume, progress,
+                                                      results),
+                           client_app=make_client_app(cfg_json), num_supernodes=n_nodes,
+                           backend_config=backend_config(cfg))
     finally:
         flwr_logger.setLevel(level)
         if env_before is None:

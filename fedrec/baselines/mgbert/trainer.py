@@ -46,7 +46,7 @@ from fedrec.baselines.mgbert.graph import (
 from fedrec.baselines.topn import mean_metrics, topn_metrics
 from fedrec.data.registry import cache_dir, data_root
 from fedrec.data.split import LeaveOneOut
-from fedrec.engine.centralized import EpochTrainer
+from fedrec.engine.centralized import PretrainThenTrainTrainer
 from fedrec.errors import ConfigError, NonFiniteError
 
 
@@ -74,7 +74,7 @@ def non_neighbours(graph: ItemGraph, nodes: np.ndarray, rng: np.random.Generator
     return out
 
 
-class MGBertTrainer(EpochTrainer):
+class MGBertTrainer(PretrainThenTrainTrainer):
     """Pre-training epochs, then NCF epochs (module docstring).
 
     Parameters
@@ -84,6 +84,8 @@ class MGBertTrainer(EpochTrainer):
     data : RecData, optional
         Default: built from the model's settings.
     """
+
+    main_stage = "ncf"
 
     def __init__(self, ctx: Any, data: RecData | None = None) -> None:
         self.ctx = ctx
@@ -112,30 +114,6 @@ class MGBertTrainer(EpochTrainer):
         self.train_mask = torch.zeros(d.n_users, d.n_items, dtype=torch.bool)
         self.train_mask[torch.as_tensor(d.train[:, 0]), torch.as_tensor(d.train[:, 1])] = True
         self.sparse = torch.as_tensor(d.item_counts() <= model.sparse_max)
-
-    # ------------------------------------------------------------------------- loop contract
-    @property
-    def n_steps(self) -> int:
-        """Pre-training epochs + NCF epochs."""
-        return self.pre_steps + self.ctx.cfg.train.epochs
-
-    def is_eval_step(self, step: int) -> bool:
-        """Every ``train.eval_every`` NCF epochs."""
-        every = self.ctx.cfg.train.eval_every
-        return step >= self.pre_steps and (step - self.pre_steps + 1) % every == 0
-
-    def step_info(self, step: int) -> dict[str, Any]:
-        """Which stage the step belongs to."""
-        return {"stage": "pretrain" if step < self.pre_steps else "ncf"}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base state plus the pre-training optimizer."""
-        return {**super().state_dict(), "pre_optimizer": self.pre_optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        super().load_state_dict(state)
-        self.pre_optimizer.load_state_dict(state["pre_optimizer"])
 
     # ---------------------------------------------------------------------------- pre-training
     def sequences(self, nodes: np.ndarray, rng: np.random.Generator,

@@ -36,7 +36,7 @@ from fedrec.baselines.sass.data import ScenarioData, load_scenarios
 from fedrec.baselines.sass.losses import info_nce
 from fedrec.data.registry import data_root
 from fedrec.data.split import LeaveOneOut
-from fedrec.engine.centralized import EpochTrainer
+from fedrec.engine.centralized import PretrainThenTrainTrainer
 from fedrec.errors import NonFiniteError
 
 
@@ -51,7 +51,7 @@ def rank_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
     return out
 
 
-class SASSTrainer(EpochTrainer):
+class SASSTrainer(PretrainThenTrainTrainer):
     """Pre-training then fine-tuning epochs (module docstring).
 
     Parameters
@@ -86,28 +86,6 @@ class SASSTrainer(EpochTrainer):
             pos[items] = np.arange(len(items))
             self._pos.append(pos)
 
-    @property
-    def n_steps(self) -> int:
-        """Pre-training epochs + fine-tuning epochs."""
-        return self.pre_steps + self.ctx.cfg.train.epochs
-
-    def is_eval_step(self, step: int) -> bool:
-        """Every ``train.eval_every`` fine-tuning epochs."""
-        every = self.ctx.cfg.train.eval_every
-        return step >= self.pre_steps and (step - self.pre_steps + 1) % every == 0
-
-    def step_info(self, step: int) -> dict[str, Any]:
-        """Which stage the step belongs to."""
-        return {"stage": "pretrain" if step < self.pre_steps else "finetune"}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base state plus the pre-training optimizer."""
-        return {**super().state_dict(), "pre_optimizer": self.pre_optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        super().load_state_dict(state)
-        self.pre_optimizer.load_state_dict(state["pre_optimizer"])
 
     # ------------------------------------------------------------------------------ training
     def _batches(self, sizes: dict[Any, int],
