@@ -14,9 +14,10 @@
   takes the new global parameters from the ``ArrayRecord`` the strategy returns.
 * :func:`run_flower` runs both with ``flwr.simulation.run_simulation`` on a fresh local Ray
   instance (``federation.ray_address: local``) or an existing cluster (``auto`` or
-  ``host:port``). Under ``flwr run`` the module-level ``server_app``/``client_app`` read the
-  experiment from the run config (``config`` = YAML path, ``overrides`` = ``"a.b=1 c=2"``,
-  ``out-dir``).
+  ``host:port``), with a message pump that asks only the nodes holding a message
+  (:func:`queue_pending_messages`; Flower's asks every node every 0.1 s). Under
+  ``flwr run`` the module-level ``server_app``/``client_app`` read the experiment from the
+  run config (``config`` = YAML path, ``overrides`` = ``"a.b=1 c=2"``, ``out-dir``).
 
 Partition ``p`` is client ``participants[p]`` (benign users, then added attackers). The server
 learns which node holds which partition with one ``query`` message per node at start-up.
