@@ -45,6 +45,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedrec.rowsparse import ROW_IDS, RowSparse, decode_rows
 from strategies.server import RoundReport, ServerAggregator
 from strategies.validation import check_update, log_rejections
+from strategies.wire import array_record, record_tensors
 
 log = logging.getLogger("fedrec")
 
@@ -57,18 +58,24 @@ MAX_NUM_EXAMPLES = 10**9
 
 
 def reply_update(content: RecordDict) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The update arrays (as torch tensors) and metrics of a train reply.
+    """The update arrays and metrics of a train reply.
+
+    The arrays are read-only torch views of the reply's bytes
+    (:func:`strategies.wire.record_tensors`, no copy): validation reads them and stacking
+    copies them once.
 
     Raises
     ------
     ValueError
-        When the reply does not hold exactly one ArrayRecord and one MetricRecord.
+        When the reply does not hold exactly one ArrayRecord and one MetricRecord, or an array
+        is not readable (not ``.npy`` bytes, or an array of Python objects).
     """
     arrays = list(content.array_records.values())
     metrics = list(content.metric_records.values())
     if len(arrays) != 1 or len(metrics) != 1:
-        raise ValueError(f"expected 1 ArrayRecord and 1 MetricRecord, got {len(arrays)} and {len(metrics)}")
-    return dict(arrays[0].to_torch_state_dict()), dict(metrics[0])
+        raise ValueError(f"expected 1 ArrayRecord and 1 MetricRecord, got {len(arrays)} and "
+                         f"{len(metrics)}")
+    return record_tensors(arrays[0], copy=False), dict(metrics[0])
 
 
 def stack_replies(arrays: list[dict[str, torch.Tensor]], shapes: Mapping[str, tuple[int, ...]]
@@ -176,7 +183,7 @@ class FedRecStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Messages for the round's nodes (fedrec schedule when a selector is set)."""
-        self.current = dict(arrays.to_torch_state_dict())
+        self.current = record_tensors(arrays)
         self.sent = None
         if self.round_clients is not None:
             clients = {int(c): int(n) for c, n in self.round_clients(server_round).items()}
@@ -280,4 +287,4 @@ class FedRecStrategy(FedAvg):
         loss = float(np.nanmean(losses)) if not np.isnan(losses).all() else float("nan")
         metrics = MetricRecord({"loss": loss, "clients": len(updates),
                                 "dropped": len(report.dropped)})
-        return ArrayRecord({n: v.detach().contiguous() for n, v in new.items()}), metrics
+        return array_record(new), metrics

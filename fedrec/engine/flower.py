@@ -54,6 +54,7 @@ from fedrec.logs import quiet_third_party
 from fedrec.rowsparse import encode_rows
 from strategies.fedrec_strategy import FedRecStrategy
 from strategies.server import ServerAggregator
+from strategies.wire import array_record, record_tensors
 
 log = logging.getLogger("fedrec")
 
@@ -144,7 +145,7 @@ def reply_arrays(fed: Federation, upd: Update) -> ArrayRecord:
     for k, v in upd.params.items():
         v = v.detach().cpu()
         out.update(encode_rows(k, v) if k in items else {k: v.contiguous()})
-    return ArrayRecord(out)
+    return array_record(out)
 
 
 def make_client_app(cfg_json: str | None = None) -> ClientApp:
@@ -166,7 +167,7 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         fed = federation_for(experiment(context))
         pid = int(context.node_config["partition-id"])
         cid = int(fed.threat.participants()[pid])
-        params = msg.content["arrays"].to_torch_state_dict()
+        params = record_tensors(msg.content["arrays"])
         with device_scope(fed.ctx.device) as dev:  # messages travel on the CPU
             params = {k: v.to(dev) for k, v in params.items()}
             upd = client_train(fed, cid, int(msg.content["config"]["fedrec-round"]), params)
@@ -183,7 +184,7 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         pid = int(context.node_config["partition-id"])
         cid = int(fed.threat.participants()[pid])
         history, item = fed.client_eval_data(cid)
-        params = msg.content["arrays"].to_torch_state_dict()
+        params = record_tensors(msg.content["arrays"])
         with device_scope(fed.ctx.device) as dev:
             params = {k: v.to(dev) for k, v in params.items()}
             res = client_evaluate(fed.ctx.model, params, [history], np.array([item]),
@@ -252,20 +253,20 @@ class FlowerTrainer(FederatedTrainerBase):
     def train_step(self, step: int) -> dict[str, float]:
         """Send round ``step`` to its clients through Flower and aggregate the replies."""
         assert self.grid is not None, "FlowerTrainer.connect(grid) first"
-        arrays = ArrayRecord({n: v.contiguous() for n, v in self.params.items()})
+        arrays = array_record(self.params)
         config = ConfigRecord({"fedrec-round": step})
         msgs = self.strategy.configure_train(step + 1, arrays, config, self.grid)
         replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
         new, metrics = self.strategy.aggregate_train(step + 1, replies)
         if new is not None:
-            self.params = {n: v.clone() for n, v in new.to_torch_state_dict().items()}
+            self.params = record_tensors(new)
         loss = float(metrics["loss"]) if metrics is not None else float("nan")
         return self.round_metrics(step, self.strategy.last_report, loss, len(msgs))
 
     def client_side_eval(self) -> dict[str, float]:
         """Ask the clients (``@app.evaluate``) and average their reports."""
         assert self.grid is not None
-        arrays = ArrayRecord({n: v.contiguous() for n, v in self.params.items()})
+        arrays = array_record(self.params)
         record = RecordDict({"arrays": arrays, "config": ConfigRecord({})})
         nodes = [self.node_of[int(u)] for u in self.fed.client_eval_users()]
         msgs = [Message(record, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
