@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from fedrec.data.buckets import length_buckets
 from fedrec.data.random import stream_key
@@ -86,7 +86,8 @@ def num_examples(seq: np.ndarray) -> int:
     return max(1, len(seq) - 1)
 
 
-def client_keys(rc: RoundConfig, client_ids: np.ndarray | Sequence[int], local_epoch: int = 0) -> np.ndarray:
+def client_keys(rc: RoundConfig, client_ids: np.ndarray | Sequence[int],
+                local_epoch: int = 0) -> np.ndarray:
     """Per-client random stream keys for a round (and local epoch)."""
     return stream_key(rc.seed, rc.round, np.asarray(client_ids, dtype=np.int64), local_epoch)
 
@@ -132,11 +133,6 @@ def client_torch_rng(rc: RoundConfig, client_id: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(client_torch_seed(rc, client_id))
         yield
-
-
-def trainable(model: SequentialRecommender) -> list[str]:
-    """Names of the model's parameters (the update layout)."""
-    return [n for n, _ in model.named_parameters()]
 
 
 # ----------------------------------------------------------------------------- single client
@@ -230,7 +226,7 @@ def combined_fedsgd_gradient(
         group_losses = functional_call(model, params, (batch,))
         total = (group_losses * coefficients[torch.from_numpy(group)]).sum()
         grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
-        for n, g in zip(names, grads):
+        for n, g in zip(names, grads, strict=True):
             if g is not None:
                 out[n] += g
         losses[torch.from_numpy(group)] = group_losses.detach()
