@@ -7,7 +7,9 @@
   ``(seed, round, client id)`` (benign: :func:`clients.update.client_torch_rng`; attacks:
   :meth:`attacks.base.Attack.craft`), never from the Ray worker's own torch stream, so a run
   repeats exactly whichever worker computes which client. Without dropout it equals the local
-  engine; with dropout its masks differ from the local engine's batched draws.
+  engine; with dropout its masks differ from the local engine's batched draws. The app
+  travels to Ray actors as its experiment (:class:`FedRecClientApp`), and each process
+  builds it, and the experiment's data and model, once.
 * :func:`make_server_app` builds a ``ServerApp`` whose ``main`` drives fedrec's step loop
   (checkpoints, resume, evaluation) with :class:`FlowerTrainer`: each step sends the round's
   messages through :class:`strategies.fedrec_strategy.FedRecStrategy` and the ``Grid`` and
@@ -148,9 +150,37 @@ def reply_arrays(fed: Federation, upd: Update) -> ArrayRecord:
     return array_record(out)
 
 
-def make_client_app(cfg_json: str | None = None) -> ClientApp:
+class FedRecClientApp(ClientApp):
+    """A ``ClientApp`` that pickles as its experiment and is rebuilt once per process.
+
+    Flower's simulation sends the ClientApp to a Ray actor with every message; pickled as it
+    is, its handlers (closures) go by value, and cloudpickle walks ``sys.modules`` for each of
+    them (~2 ms of the server's CPU per message). Pickled as ``client_app_for(cfg_json)``, it
+    travels as the experiment's JSON and the actor reuses the app it built first.
+    """
+
+    def __init__(self, cfg_json: str | None) -> None:
+        super().__init__()
+        self.cfg_json = cfg_json
+
+    def __reduce__(self) -> tuple[Any, tuple[str | None]]:
+        return client_app_for, (self.cfg_json,)
+
+
+_CLIENT_APPS: dict[str | None, FedRecClientApp] = {}
+
+
+def client_app_for(cfg_json: str | None) -> FedRecClientApp:
+    """This process's ``ClientApp`` for experiment ``cfg_json`` (built on first use)."""
+    app = _CLIENT_APPS.get(cfg_json)
+    if app is None:
+        app = _CLIENT_APPS[cfg_json] = make_client_app(cfg_json)
+    return app
+
+
+def make_client_app(cfg_json: str | None = None) -> FedRecClientApp:
     """A ``ClientApp`` for experiment ``cfg_json`` (None: read it from the run config)."""
-    app = ClientApp()
+    app = FedRecClientApp(cfg_json)
 
     def experiment(context: Context) -> str:
         if cfg_json is not None:
