@@ -23,15 +23,3 @@ def test_client_app_pickles_as_its_experiment_and_is_built_once_per_process():
     assert cloudpickle.loads(payload)() is back
     assert back.cfg_json == cfg_json and back is not app
     assert set(back._registered_funcs) == set(app._registered_funcs)
-
-
-def test_messages_travel_inline_only_on_a_ray_instance_of_the_run():
-    from fedrec.config import load_config
-    from fedrec.engine.flower import INLINE_OBJECT_BYTES, backend_config
-
-    own = backend_config(load_config(base={"mode": "federated"}))["init_args"]
-    assert own["address"] == "local"
-    assert own["_system_config"] == {"max_direct_call_object_size": INLINE_OBJECT_BYTES}
-    joined = backend_config(load_config(
-        base={"mode": "federated", "federation": {"ray_address": "auto"}}))["init_args"]
-    assert "_system_config" not in joined  # Ray refuses system settings for a joined cluster

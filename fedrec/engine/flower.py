@@ -155,9 +155,8 @@ class FedRecClientApp(ClientApp):
 
     Flower's simulation sends the ClientApp to a Ray actor with every message; pickled as it
     is, its handlers (closures) go by value, and cloudpickle walks ``sys.modules`` for each of
-    them (~0.5 ms of the server's CPU per message with the modules of a run loaded). Pickled
-    as ``client_app_for(cfg_json)``, it travels as the experiment's JSON and the actor reuses
-    the app it built first.
+    them (~0.5 ms of the server's CPU per message with the modules of a run loaded). Pickled as ``client_app_for(cfg_json)``, it
+    travels as the experiment's JSON and the actor reuses the app it built first.
     """
 
     def __init__(self, cfg_json: str | None) -> None:
@@ -347,21 +346,11 @@ def make_server_app(cfg_json: str | None = None, run_dir: str | None = None, res
     return app
 
 
-#: Ray objects up to this size travel inside the actor call (gRPC) rather than through the
-#: object store, on a Ray instance the run starts (``federation.ray_address: local``): a
-#: message with a model of a few MB then costs the raylet no object-store work (steam, 1.5 MB
-#: each way: the raylet's CPU per round 1.2 s -> 0.06 s, the server process's ~0.6 s less).
-INLINE_OBJECT_BYTES = 8 * 1024 * 1024
-
-
 def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Ray backend settings: explicit address, quiet logs, CPUs per client; on a Ray instance
-    of its own, messages up to :data:`INLINE_OBJECT_BYTES` passed inline."""
+    """Ray backend settings: explicit address, quiet logs, CPUs per client."""
     fc = cfg.federation
     init_args: dict[str, Any] = {"address": fc.ray_address, "logging_level": "ERROR",
                                  "log_to_driver": False}
-    if fc.ray_address == "local":  # a cluster that is joined keeps its own settings
-        init_args["_system_config"] = {"max_direct_call_object_size": INLINE_OBJECT_BYTES}
     # on a GPU each client actor takes the GPU share of its CPUs (Ray hides GPUs from actors
     # that ask for none), so as many actors run at once as the CPUs allow
     gpus = 0.0
