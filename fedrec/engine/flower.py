@@ -155,8 +155,9 @@ class FedRecClientApp(ClientApp):
 
     Flower's simulation sends the ClientApp to a Ray actor with every message; pickled as it
     is, its handlers (closures) go by value, and cloudpickle walks ``sys.modules`` for each of
-    them (~0.5 ms of the server's CPU per message with the modules of a run loaded). Pickled as ``client_app_for(cfg_json)``, it
-    travels as the experiment's JSON and the actor reuses the app it built first.
+    them (~0.5 ms of the server's CPU per message with the modules of a run loaded). Pickled
+    as ``client_app_for(cfg_json)``, it travels as the experiment's JSON and the actor reuses
+    the app it built first.
     """
 
     def __init__(self, cfg_json: str | None) -> None:
