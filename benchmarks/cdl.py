@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from common import fedrec_run, mean_std
 
 VARIANTS = {"cdl": "CDL (comparative)", "naive": "naive DL (pointwise)", "bprmf": "BPR-MF"}
 CONFIGS = ["experiments/centralized/cdl_digits.yaml", "experiments/centralized/cdl_ml100k.yaml"]
@@ -28,21 +27,8 @@ METRICS = ["Recall@10", "NDCG@10", "AUC"]
 def run_one(config: str, variant: str, seed: int, epochs: int, out: Path,
             extra: list[str]) -> dict:
     """One run through the CLI (resumed if interrupted); its summary."""
-    cmd = [sys.executable, "-m", "fedrec.cli", "run", config, "--out", str(out), "--resume",
-           "--no-progress", "--set", f"model.params.variant={variant}", "--set", f"seed={seed}",
-           "--set", f"train.epochs={epochs}"]
-    for e in extra:
-        cmd += ["--set", e]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"run failed: {' '.join(cmd)}\n{res.stderr.strip()[-2000:]}")
-    return json.loads((out / "summary.json").read_text())
-
-
-def cell(values: list[float]) -> str:
-    """``mean ± std`` (population std over seeds)."""
-    a = np.asarray(values, dtype=float)
-    return f"{a.mean():.4f} ± {a.std():.4f}"
+    sets = [f"model.params.variant={variant}", f"seed={seed}", f"train.epochs={epochs}", *extra]
+    return json.loads((fedrec_run(config, out, sets) / "summary.json").read_text())
 
 
 def main() -> None:
@@ -62,7 +48,7 @@ def main() -> None:
         for v in args.variants:
             runs = [run_one(config, v, s, args.epochs, args.out / f"{setting}_{v}_s{s}",
                             args.extra) for s in args.seeds]
-            vals = [cell([r["test"][f"{c.split()[0]}/{c.split()[1]}"] for r in runs])
+            vals = [mean_std([r["test"][f"{c.split()[0]}/{c.split()[1]}"] for r in runs])
                     for c in cols]
             print(f"| {setting} | {VARIANTS[v]} | " + " | ".join(vals)
                   + f" | {np.mean([r['seconds_per_step'] for r in runs]):.2f}"

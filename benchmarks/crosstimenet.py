@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import mean_std
 
 CONFIG = "experiments/centralized/crosstimenet_ucr.yaml"
 DATASETS = ["BasicMotions", "JapaneseVowels", "GunPoint", "ArrowHead", "ItalyPowerDemand"]
@@ -63,15 +64,6 @@ def dtw_row(domain: str, seed: int, root: str | None) -> dict[str, float]:
     return {"accuracy": float((pred == y).float().mean()),
             "macro_f1": macro_f1(y.numpy(), pred.numpy()), "window": window,
             "seconds": time.perf_counter() - t0}
-
-
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` (population std; one value: just the value)."""
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
 def main() -> None:
@@ -154,7 +146,7 @@ def main() -> None:
             acc = [r["accuracy"] for r in rows]
             f1 = [r["macro_f1"] for r in rows]
             accs.append(np.mean(acc) if acc else np.nan)
-            cells.append(f"{mean_std(acc)} / {mean_std(f1)}")
+            cells.append(f"{mean_std(acc, 3)} / {mean_std(f1, 3)}")
         print(f"| {v} | " + " | ".join(cells) + f" | {np.nanmean(accs):.3f} |")
     print("\ncodebook usage of the test tokens (share of the codes used), mean over seeds: "
           + ", ".join(f"{d} {np.mean(u):.2f}" for d, u in usage.items()))

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from common import status_kib
+
 # This file is named like the ``defenses`` package; drop its folder from the import path so
 # that ``import defenses`` finds the package.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -133,14 +135,6 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _worker(label: str, repeats: int) -> None:
     import gc
 
@@ -154,7 +148,7 @@ def _worker(label: str, repeats: int) -> None:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current RSS
-    rss0 = _status_kib("VmRSS")
+    rss0 = status_kib("VmRSS")
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
@@ -162,7 +156,7 @@ def _worker(label: str, repeats: int) -> None:
         dt = time.perf_counter() - t0
         if i > 0:
             times.append(dt)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     input_mib = sum(v.numel() * v.element_size() for v in stacked.values()) / 2**20
     print(json.dumps({
         "label": label,

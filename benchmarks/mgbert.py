@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from common import fedrec_run, mean_std
 
 INITS = {"random": "NCF", "pretrained": "NCF + MG-BERT"}
 METRICS = ["full/Recall@10", "full/Recall@20", "full/NDCG@10", "full/NDCG@20",
@@ -27,21 +26,8 @@ METRICS = ["full/Recall@10", "full/Recall@20", "full/NDCG@10", "full/NDCG@20",
 
 def run_one(config: str, protocol: str, init: str, seed: int, out: Path, extra: list[str]) -> Path:
     """One run through the CLI (resumed if interrupted); its folder."""
-    cmd = [sys.executable, "-m", "fedrec.cli", "run", config, "--out", str(out), "--resume",
-           "--no-progress", "--set", f"model.params.init={init}", "--set", f"seed={seed}",
-           "--set", f"model.params.protocol={protocol}"]
-    for e in extra:
-        cmd += ["--set", e]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"run failed: {' '.join(cmd)}\n{res.stderr.strip()[-2000:]}")
-    return out
-
-
-def cell(values: list[float], digits: int = 4) -> str:
-    """``mean ± std`` (population std over seeds)."""
-    a = np.asarray(values, dtype=float)
-    return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}"
+    sets = [f"model.params.init={init}", f"seed={seed}", f"model.params.protocol={protocol}"]
+    return fedrec_run(config, out, [*sets, *extra])
 
 
 def main() -> None:
@@ -71,8 +57,8 @@ def main() -> None:
                     pre_s.append(np.mean([r["seconds"] for r in pre]))
                 ncf_s.append(np.mean([r["seconds"] for r in ncf]))
                 epochs.append(len(ncf))
-            vals = [cell([r["test"][m] for r in sums]) for m in METRICS]
-            link = (f"{cell([a for a, _ in links], 3)} → {cell([b for _, b in links], 3)}"
+            vals = [mean_std([r["test"][m] for r in sums if m in r["test"]]) for m in METRICS]
+            link = (f"{mean_std([a for a, _ in links], 3)} → {mean_std([b for _, b in links], 3)}"
                     if links else "—")
             pre_txt = f"{np.mean(pre_s):.2f}" if pre_s else "—"
             print(f"| {protocol} | {INITS[init]} | " + " | ".join(vals) + f" | {link} | "

@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from common import status_kib
+
 # benchmarks/defenses.py is named like the ``defenses`` package; drop this folder from the
 # import path so that ``import defenses`` finds the package.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,14 +51,6 @@ RULES: dict[str, tuple[str, dict]] = {
     "itemwise_median": ("itemwise_median", {}),
 }
 LAYOUTS = ("dense", "sparse")
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _cpu_model() -> str:
@@ -102,7 +96,7 @@ def _worker(n_items: int, rule_label: str, layout: str, repeats: int) -> None:
     agg = ServerAggregator(build_defense(name, kw), ServerOptimizer("sgd", 1e-3), "fedsgd",
                            tuple(model.item_param_names), seed=0)
     gc.collect()
-    rss0 = _status_kib("VmRSS")
+    rss0 = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current RSS
     times, nnz = [], 0
@@ -120,7 +114,7 @@ def _worker(n_items: int, rule_label: str, layout: str, repeats: int) -> None:
         gc.collect()
         if r > 0:
             times.append(dt)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     print(json.dumps({
         "items": n_items, "rule": rule_label, "layout": layout,
         "seconds": statistics.median(times), "seconds_min": min(times),
