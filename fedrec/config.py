@@ -524,6 +524,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
     :class:`yaml.constructor.ConstructorError` whose mark is the line of the second occurrence
     and whose problem names the key and the line of the first. Keys brought in by a YAML merge
     (``<<: *defaults``) may be overridden, as the YAML merge spec says.
+
+    Scientific notation is a float as in YAML 1.2 (``1e-3``, ``1.0e30``): YAML 1.1 reads those
+    as strings, which typed keys coerced but free ``params`` kept as text, so ``--set
+    model.params.lr=1e-3`` was refused as "not a number".
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -544,6 +548,13 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     "at most once per mapping", key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_implicit_resolver(  # copies SafeLoader's table first: SafeLoader is unchanged
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def parse_yaml(text: str) -> Any:

@@ -158,3 +158,15 @@ def test_dump_config_round_trips(tmp_path):
     path = tmp_path / "rt.yaml"
     path.write_text(text)
     assert load_config(path) == cfg
+
+
+def test_scientific_notation_is_a_float_in_files_and_overrides_as_in_yaml_1_2():
+    from fedrec.config import parse_yaml
+
+    got = parse_yaml("a: 1e-3\nb: 1.0e30\nc: -2E+2\nd: 10\ne: 1.5\nf: x1e3\ng: 1e400")
+    assert got == {"a": 0.001, "b": 1e30, "c": -200.0, "d": 10, "e": 1.5, "f": "x1e3",
+                   "g": float("inf")}
+    assert parse_override("model.params.lr=1e-4") == (["model", "params", "lr"], 1e-4)
+    assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # PyYAML's own loader is left as it was
+    with pytest.raises(ConfigError, match="finite"):
+        load_config(base={}, overrides=["train.lr=1e400"])

@@ -211,3 +211,13 @@ def test_a_finetune_run_from_an_unfinished_run_is_refused(tmp_path):
         run_experiment(config_with(raw_config(stages=["finetune"],
                                               init_from=str(tmp_path / "half"))),
                        tmp_path / "bad", progress=False)
+
+
+def test_a_diverging_tokenizer_stops_the_run_marked_failed_without_metrics(tmp_path):
+    from fedrec.errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="non-finite tokenizer loss"):
+        run_experiment(config_with(raw_config(tokenizer_lr=1e30)), tmp_path / "div",
+                       progress=False)
+    assert (tmp_path / "div" / "error.txt").is_file()
+    assert not (tmp_path / "div" / "summary.json").exists()

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fedrec.errors import NonFiniteError
 from fedrec.tokenizers.vq import VectorQuantizer, nearest_code, perplexity
 
 
@@ -307,8 +308,8 @@ def train_epoch(
 
     Raises
     ------
-    ValueError
-        A non-finite loss.
+    NonFiniteError
+        A non-finite loss (a run stops and is marked failed).
     """
     tokenizer.train()
     tot_loss = tot_sq = 0.0
@@ -318,7 +319,7 @@ def train_epoch(
         xb = X[order[start: start + batch_size]]
         out = tokenizer(xb)
         if not torch.isfinite(out.loss):
-            raise ValueError(f"epoch {epoch}: non-finite tokenizer loss")
+            raise NonFiniteError(f"epoch {epoch}: non-finite tokenizer loss")
         for group in optimizer.param_groups:
             group["lr"] = decayed_lr(base_lr, first_step + steps)
         optimizer.zero_grad(set_to_none=True)
@@ -362,7 +363,9 @@ def train_tokenizer(
     Raises
     ------
     ValueError
-        Bad sizes, or non-finite data or loss.
+        Bad sizes, or non-finite data.
+    NonFiniteError
+        A non-finite loss.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"epochs, batch_size, lr: expected positive values, got {epochs}, "
