@@ -109,14 +109,16 @@ def test_one_nn_dtw_recognises_a_shifted_pattern_that_euclidean_misses():
 
 
 def test_run_learns_the_generated_domains_and_reports_accuracy_f1_and_usage(tmp_path):
-    cfg = config_with(raw_config(tokenizer_epochs=10, tokenizer_lr=5e-3), **{"train.epochs": 6})
+    # 0.70-0.82 test accuracy over seeds 0-2 here: a wide margin above both chance and the bound
+    cfg = config_with(raw_config(tokenizer_epochs=15, tokenizer_lr=5e-3, codebook_size=32,
+                                 tokenizer_d=32), **{"train.epochs": 6, "train.lr": 2e-3})
     out = run_experiment(cfg, tmp_path / "r", progress=False)
     test = out["test"]
     assert {"accuracy", "macro_f1", "usage", "perplexity"} <= set(test)
     assert test["accuracy"] > 0.5  # 3 balanced classes: chance is 1/3
     log = RunDir(tmp_path / "r").read_metrics()
     stages = [r["stage"] for r in log]
-    assert stages == ["tokenizer"] * 10 + ["pretrain"] * 2 + ["finetune"] * 6
+    assert stages == ["tokenizer"] * 15 + ["pretrain"] * 2 + ["finetune"] * 6
     tok = [r["train/mse/sines1"] for r in log if r["stage"] == "tokenizer"]
     assert tok[-1] < 0.7 * tok[0]  # the tokenizer learns to reconstruct
     assert all(np.isfinite(r["train/loss"]) for r in log)
