@@ -325,3 +325,24 @@ def test_inputs_wider_than_max_len_are_rejected():
     model = make("sasrec")
     with pytest.raises(ValueError, match="max_len"):
         model.encode(torch.ones(1, MAX_LEN + 1, dtype=torch.long))
+
+
+def test_dropout_is_the_inverted_dropout_of_its_uniform_draw():
+    """``dropout`` builds its keep mask in place; forward and gradient are bit for bit
+    ``x * (u >= p) / (1 - p)`` for the same uniform draw ``u``."""
+    from fedrec.models.transformer import dropout
+
+    x = torch.randn(4, 3, 50, 50, requires_grad=True)
+    p = 0.3
+    torch.manual_seed(5)
+    out = dropout(x, p, training=True)
+    torch.manual_seed(5)
+    keep = torch.rand_like(x) >= p
+    expected = x * keep * (1.0 / (1.0 - p))
+    assert torch.equal(out, expected)
+    g = torch.randn_like(x)
+    (grad,) = torch.autograd.grad(out, x, g)
+    (grad_expected,) = torch.autograd.grad(expected, x, g)
+    assert torch.equal(grad, grad_expected)
+    assert 0.6 < keep.float().mean() < 0.8  # the mask keeps about 1 - p of the entries
+    assert dropout(x, p, training=False) is x

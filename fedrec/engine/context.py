@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedrec.allocator import keep_freed_memory
 from fedrec.config import ExperimentConfig
 from fedrec.data.loader import load_split
 from fedrec.data.split import LeaveOneOut
@@ -51,6 +52,7 @@ class RunContext:
         ``cfg.device``; data stays in numpy on the CPU until batched)."""
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        keep_freed_memory()
         seed_everything(cfg.seed)
         split = split if split is not None else load_split(cfg.data)
         model = build_model(cfg.model.name, split.n_items, **cfg.model.build_kwargs())
