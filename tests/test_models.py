@@ -346,3 +346,20 @@ def test_dropout_is_the_inverted_dropout_of_its_uniform_draw():
     assert torch.equal(grad, grad_expected)
     assert 0.6 < keep.float().mean() < 0.8  # the mask keeps about 1 - p of the entries
     assert dropout(x, p, training=False) is x
+
+
+def test_dropout_has_vmap_batching_rules():
+    """The per-client path vmaps dropout: no op may fall back to functorch's per-sample loop
+    (it warns "There is a performance drop ... batching rule")."""
+    import warnings
+
+    from torch.func import vmap
+
+    from fedrec.models.transformer import dropout
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = vmap(lambda z: dropout(z, 0.25, True), randomness="different")(torch.ones(8, 5, 6))
+    kept = out != 0
+    assert torch.equal(out[kept], torch.full_like(out[kept], 1 / 0.75))
+    assert 0.5 < kept.float().mean() < 0.95
