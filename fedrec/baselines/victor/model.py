@@ -295,7 +295,7 @@ class VICTOR(SequentialRecommender):
             dec_in, target = sentence_targets(data, videos, slot)
             n = dec_in.shape[1]
             emb = self.word_proj(self.text.bert.embeddings.word_embeddings(dec_in))
-            causal = torch.triu(torch.full((n, n), float("-inf")), 1)
+            causal = torch.ones(n, n, dtype=torch.bool).triu(1)  # True: may not attend
             pad = torch.cat([torch.zeros(b, t, dtype=torch.bool), text.attention == 0], 1)
             d = self.decoder(emb + self.dec_pos[:, :n], h, tgt_mask=causal,
                              tgt_key_padding_mask=dec_in == data.pad_id,
