@@ -10,7 +10,9 @@ Variants, each measured in a fresh subprocess (so peak RSS is its own):
 * ``b1``  the same loop without the padding (each client at its own length): a stronger naive
           baseline
 * ``c``   Flower simulation engine on a fresh local Ray instance (steady-state rounds; start-up
-          reported separately)
+          reported separately), one supernode per client
+* ``c2``  the same with partition nodes: ``federation.flower_nodes`` = the CPUs Ray gets (one
+          node per CPU, ``cpus_per_client: 1``), each computing its share of a round batched
 * ``f``   the floor: one plain batched forward/backward over the same 256 sequences
 
 Also times a full FedSGD epoch over all clients with ``a``.
@@ -154,14 +156,19 @@ def _child(variant: str, dataset: str, rounds: int) -> dict:
             "width": int(max(min(len(s), 200) for s in seqs))}
 
 
-def flower(dataset: str, rounds: int) -> dict:
+def flower(dataset: str, rounds: int, nodes: int | None = None) -> dict:
+    """Variant ``c`` (``nodes`` None: one supernode per client) or ``c2`` (``nodes`` partition
+    nodes of one CPU each)."""
     import tempfile
 
     from fedrec.config import load_config
     from fedrec.results import RunDir
     from fedrec.runner import run_experiment
 
-    cfg = load_config(base=experiment(dataset, engine="flower", rounds=rounds + 1))
+    raw = experiment(dataset, engine="flower", rounds=rounds + 1)
+    if nodes is not None:
+        raw["federation"].update(flower_nodes=nodes, cpus_per_client=1)
+    cfg = load_config(base=raw)
     out = Path(tempfile.mkdtemp()) / "run"
     t0 = time.perf_counter()
     run_experiment(cfg, out, progress=False)
@@ -184,7 +191,8 @@ def run_child(args: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["steam", "ml-1m"])
-    ap.add_argument("--variants", nargs="+", default=["f", "a", "a2", "b", "b1", "c", "epoch"])
+    ap.add_argument("--variants", nargs="+",
+                    default=["f", "a", "a2", "b", "b1", "c", "c2", "epoch"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "DATASET", "ROUNDS"))
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -193,7 +201,13 @@ def main() -> None:
     DEVICE = args.device
     if args.child:
         variant, dataset, rounds = args.child
-        res = flower(dataset, int(rounds)) if variant == "c" else child(variant, dataset, int(rounds))
+        if variant == "c":
+            res = flower(dataset, int(rounds))
+        elif variant == "c2":  # one partition node per CPU of the local Ray instance
+            res = {**flower(dataset, int(rounds), nodes=os.cpu_count() or 1),
+                   "nodes": os.cpu_count() or 1}
+        else:
+            res = child(variant, dataset, int(rounds))
         print(json.dumps(res))
         return
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -209,7 +223,7 @@ def main() -> None:
             if floor and "round_s" in r:
                 row["x_floor"] = r["round_s"] / floor
             rows.append(row)
-        for other in ("b", "b1", "c"):
+        for other in ("b", "b1", "c", "c2"):
             if "round_s" in res.get("a", {}) and "round_s" in res.get(other, {}):
                 rows.append({"dataset": ds, "variant": f"a vs {other}",
                              "speedup": res[other]["round_s"] / res["a"]["round_s"]})

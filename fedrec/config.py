@@ -255,6 +255,11 @@ class FederationConfig(Section):
     workers: int = Field(2, ge=1)
     ray_address: str = "local"
     cpus_per_client: float = Field(1.0, gt=0)
+    #: Supernodes of ``engine: flower`` (None: one per participant). N: node k holds the k-th
+    #: of N contiguous slices of the participants, gets one message per round listing its
+    #: round clients, computes them batched and replies with their stacked updates (more than
+    #: the participants: one node each). Each node reserves ``cpus_per_client`` CPUs.
+    flower_nodes: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(1, ge=1)
     eval_every: int = Field(1, ge=1)
     eval_unit: Literal["epoch", "round"] = "epoch"

@@ -19,7 +19,10 @@ item-wise rules). Memory is ``O(nnz * row_dim)``.
 
 In a Flower message one client's table travels as two arrays, ``<name>::row_ids`` (int64
 ``[k]``, increasing) and ``<name>::rows`` (``[k, *row_shape]``): :func:`encode_rows` /
-:func:`decode_rows`.
+:func:`decode_rows`. The tables of several clients (a Flower node holding a partition of the
+users) travel as one stack of three arrays, ``<name>::clients`` (int64 ``[nnz]``,
+non-decreasing), ``<name>::row_ids`` and ``<name>::rows``: :func:`encode_row_stack` /
+:func:`decode_row_stack`.
 
 "Touched" has one meaning everywhere: a row is stored iff it has a nonzero entry, exactly the
 rows :func:`defenses.linalg.touched_rows` finds in the dense tensor, so every rule gives the
@@ -34,13 +37,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ROW_IDS", "ROW_VALUES", "RowSparse", "decode_rows", "densify", "encode_rows",
-           "is_row_sparse"]
+__all__ = ["ROW_CLIENTS", "ROW_IDS", "ROW_VALUES", "RowSparse", "decode_row_stack", "decode_rows",
+           "densify", "encode_row_stack", "encode_rows", "is_row_sparse"]
 
 #: Suffix of the array holding a row-sparse table's row ids in a message.
 ROW_IDS = "::row_ids"
 #: Suffix of the array holding a row-sparse table's rows in a message.
 ROW_VALUES = "::rows"
+#: Suffix of the array holding, in a message carrying several clients' tables, the client
+#: (0..n-1) of each stored row.
+ROW_CLIENTS = "::clients"
 
 
 def _nonzero_rows(rows: Tensor) -> Tensor:
@@ -363,3 +369,87 @@ def decode_rows(arrays: Mapping[str, Tensor], name: str, shape: Sequence[int]) -
     if not bool(torch.isfinite(rows).all()):
         raise ValueError(f"{rows_key}: non-finite values")
     return RowSparse.build(torch.zeros_like(ids), ids, rows, 1, n_rows)
+
+
+def encode_row_stack(name: str, stack: RowSparse) -> dict[str, Tensor]:
+    """Several clients' tables (a :class:`RowSparse` of ``n`` clients) as three message arrays.
+
+    Parameters
+    ----------
+    name : str
+        Parameter name.
+    stack : RowSparse
+        The clients' tables (its entries sorted by client, then row id, as a RowSparse is).
+
+    Returns
+    -------
+    dict
+        ``{name + ROW_CLIENTS: int64[nnz], name + ROW_IDS: int64[nnz],
+        name + ROW_VALUES: [nnz, *row_shape]}`` (on the CPU, contiguous). The number of
+        clients is not sent: the receiver knows it from the message's client list.
+    """
+    return {name + ROW_CLIENTS: stack.clients.detach().cpu().long().contiguous(),
+            name + ROW_IDS: stack.ids.detach().cpu().long().contiguous(),
+            name + ROW_VALUES: stack.rows.detach().cpu().contiguous()}
+
+
+def decode_row_stack(arrays: Mapping[str, Tensor], name: str, shape: Sequence[int],
+                     n: int) -> RowSparse:
+    """``n`` clients' row-sparse tables from the three message arrays of
+    :func:`encode_row_stack` (untrusted input: every structural property is checked).
+
+    Parameters
+    ----------
+    arrays : Mapping[str, Tensor]
+        The message's arrays, holding ``name + ROW_CLIENTS``, ``name + ROW_IDS`` and
+        ``name + ROW_VALUES``.
+    name : str
+        Parameter name.
+    shape : sequence of int
+        Expected dense shape of one client's table ``(n_rows, *row_shape)``.
+    n : int
+        Number of clients the message carries.
+
+    Returns
+    -------
+    RowSparse
+        ``n`` clients (all-zero rows dropped). Values are not checked for finiteness: a
+        non-finite client is the per-client validation's business
+        (:func:`strategies.validation.check_update`), so it does not take the others down.
+
+    Raises
+    ------
+    ValueError
+        One line naming the array: missing, wrong dtype or shape, lengths that differ, client
+        indices outside ``[0, n)`` or decreasing, row ids outside ``[0, n_rows)`` or not
+        strictly increasing within a client.
+    """
+    keys = (name + ROW_CLIENTS, name + ROW_IDS, name + ROW_VALUES)
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(f"{name}: a row-sparse stack needs {list(keys)}; missing {missing}")
+    clients, ids, rows = (arrays[k] for k in keys)
+    n_rows, row_shape = int(shape[0]), tuple(int(s) for s in shape[1:])
+    for key, value in zip(keys[:2], (clients, ids), strict=True):
+        if not isinstance(value, Tensor) or value.dtype != torch.int64 or value.dim() != 1:
+            raise ValueError(f"{key}: expected a 1-D int64 tensor")
+    if not isinstance(rows, Tensor) or not rows.is_floating_point():
+        raise ValueError(f"{keys[2]}: expected a floating tensor")
+    if clients.numel() != ids.numel():
+        raise ValueError(f"{keys[0]}: {clients.numel()} entries, {keys[1]} has {ids.numel()}")
+    if tuple(rows.shape) != (ids.numel(), *row_shape):
+        raise ValueError(f"{keys[2]}: shape {tuple(rows.shape)}, expected "
+                         f"{(ids.numel(), *row_shape)}")
+    if ids.numel():
+        if int(clients.min()) < 0 or int(clients.max()) >= n:
+            raise ValueError(f"{keys[0]}: client indices must lie in [0, {n})")
+        if int(ids.min()) < 0 or int(ids.max()) >= n_rows:
+            raise ValueError(f"{keys[1]}: row ids must lie in [0, {n_rows})")
+        if ids.numel() > 1:
+            step = clients[1:] - clients[:-1]
+            if bool((step < 0).any()):
+                raise ValueError(f"{keys[0]}: client indices must be non-decreasing")
+            same = step == 0
+            if bool((ids[1:][same] <= ids[:-1][same]).any()):
+                raise ValueError(f"{keys[1]}: row ids must be strictly increasing within a client")
+    return RowSparse.build(clients, ids, rows, int(n), n_rows)

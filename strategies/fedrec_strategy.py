@@ -4,7 +4,10 @@ Subclasses :class:`flwr.serverapp.strategy.FedAvg` (Message API, flwr 1.42) and 
 
 * ``configure_train``: sends the round's messages to the nodes chosen by fedrec's schedule
   (``round_clients``: client id -> node id, or ``node_selector``: node ids; otherwise FedAvg's
-  own sampling) with the round config, and records which client each message went to;
+  own sampling) with the round config, and records which client each message went to. With
+  ``partition_nodes`` (a node holds a partition of the users, ``federation.flower_nodes``)
+  each node holding at least one of the round's clients gets **one** message whose config
+  lists them (``client-ids``, increasing);
 * ``aggregate_train``: drops, with a log line, error replies, malformed replies, replies whose
   identity does not hold up and malformed updates (wrong keys or shapes, non-finite values),
   stacks the rest into tensors ordered by client id (an item table sent as
@@ -12,16 +15,34 @@ Subclasses :class:`flwr.serverapp.strategy.FedAvg` (Message API, flwr 1.42) and 
   :class:`strategies.server.ServerAggregator` (defense + server optimizer). It returns the
   **new global parameters** (not the raw aggregate), so ``Strategy.start`` works unchanged.
 
-Replies must carry one ``ArrayRecord`` (the update) and one ``MetricRecord`` with
-``num-examples`` and ``client-id``. Reply checks, in order:
+A reply carries one ``ArrayRecord`` and one ``MetricRecord``, in one of two forms:
+
+* **one client** (one node per participant): the update's arrays, and metrics
+  ``num-examples`` and ``client-id``;
+* **several clients** (a partition node): metrics ``client-ids``, ``num-examples`` and
+  ``losses``, lists of one entry per client; the arrays hold the clients' updates stacked in
+  that order, dense tensors as ``<name>`` of shape ``[n, *shape]`` and row-sparse item tables
+  as ``<name>::clients`` / ``<name>::row_ids`` / ``<name>::rows``
+  (:func:`fedrec.rowsparse.encode_row_stack`). Such a reply is **dropped whole**, with a log
+  line, when it is malformed: the lists are not lists, are empty or differ in length, a dense
+  array does not have one row per client, or a row-sparse stack does not decode
+  (:func:`fedrec.rowsparse.decode_row_stack`: bounds, shapes, order). Otherwise it is split
+  into one entry per client (:func:`reply_entries`), and each entry goes through exactly the
+  checks of a one-client reply below, on its own: a bad entry is dropped without its
+  node-mates.
+
+Checks of each reply (or entry), in order:
 
 * ``client-id`` must be a non-negative integer (not a bool or a float); when the server knows
   the round's clients (``round_clients``), it must be one of them and the reply must come from
-  the node that client's message went to. Otherwise the reply is dropped and not reported
-  under any client (the server cannot tell whose it is).
-* A ``client-id`` claimed by more than one reply in a round: **every** reply of that id is
-  dropped and the id reported as dropped, since the server cannot tell which one is genuine
-  (keeping the first would let whichever reply arrives first win).
+  the node that client's message went to (for a partition node: the id must be one the
+  server listed in that node's message). Otherwise the reply (entry) is dropped and not
+  reported under any client (the server cannot tell whose it is), and it does not count as a
+  claim of that id.
+* A ``client-id`` claimed by more than one reply or entry in a round (two nodes, or twice in
+  one node's list): **every** claim of that id is dropped and the id reported as dropped,
+  since the server cannot tell which one is genuine (keeping the first would let whichever
+  reply arrives first win).
 * ``num-examples`` must be an int or float (not a bool), finite, in ``(0, MAX_NUM_EXAMPLES]``;
   the update must pass :func:`strategies.validation.check_update`. Otherwise the client is
   reported as dropped.
@@ -42,7 +63,14 @@ from flwr.common import log as flwr_log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedrec.rowsparse import ROW_IDS, RowSparse, decode_rows
+from fedrec.rowsparse import (
+    ROW_CLIENTS,
+    ROW_IDS,
+    ROW_VALUES,
+    RowSparse,
+    decode_row_stack,
+    decode_rows,
+)
 from strategies.server import RoundReport, ServerAggregator
 from strategies.validation import check_update, log_rejections
 from strategies.wire import array_record, record_tensors
@@ -55,6 +83,11 @@ RoundClients = Callable[[int], Mapping[int, int]]
 #: Upper bound on a reply's ``num-examples`` (one user's sequence is far shorter; a larger
 #: claim would only serve to dominate an example-weighted rule).
 MAX_NUM_EXAMPLES = 10**9
+
+#: Config and metric key of a partition node's client list (train and evaluate messages).
+CLIENT_IDS = "client-ids"
+
+_SPARSE_SUFFIXES = (ROW_CLIENTS, ROW_IDS, ROW_VALUES)
 
 
 def reply_update(content: RecordDict) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -95,6 +128,100 @@ def stack_replies(arrays: list[dict[str, torch.Tensor]], shapes: Mapping[str, tu
         else:
             out[name] = torch.stack([a[name].to(torch.float32) for a in arrays])
     return out
+
+
+def _sparse_name(key: str) -> str | None:
+    """The table name of a row-sparse message array (None for a dense one)."""
+    for suffix in _SPARSE_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return None
+
+
+def split_stacked(arrays: Mapping[str, torch.Tensor], n: int,
+                  shapes: Mapping[str, tuple[int, ...]]) -> list[dict[str, torch.Tensor]]:
+    """The per-client arrays of a reply carrying ``n`` clients' stacked updates.
+
+    A dense array ``<name>`` of shape ``[n, *shape]`` gives each client its row (a view); a
+    row-sparse stack (``<name>::clients`` / ``::row_ids`` / ``::rows``) gives each client the
+    one-client pair ``<name>::row_ids`` / ``<name>::rows`` of its rows, so that
+    :func:`strategies.validation.check_update` and :func:`stack_replies` read every client as
+    if it had replied alone.
+
+    Parameters
+    ----------
+    arrays : mapping
+        The reply's arrays.
+    n : int
+        Clients the reply lists.
+    shapes : mapping
+        Expected update layout ``name -> shape`` (a row-sparse stack is decoded against it).
+
+    Returns
+    -------
+    list of dict
+        One ``name -> Tensor`` per client, in the reply's order.
+
+    Raises
+    ------
+    ValueError
+        When an array does not hold one row per client, or a row-sparse stack is malformed or
+        names a table that is not in ``shapes``.
+    """
+    out: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+    sparse = sorted({name for k in arrays if (name := _sparse_name(k)) is not None})
+    for name in sparse:
+        if name not in shapes:
+            raise ValueError(f"{name}: unexpected row-sparse table")
+        stack = decode_row_stack(arrays, name, shapes[name], n)
+        ends = torch.cumsum(stack.counts(), 0).tolist()
+        start = 0
+        for i, end in enumerate(ends):
+            out[i][name + ROW_IDS] = stack.ids[start:end]
+            out[i][name + ROW_VALUES] = stack.rows[start:end]
+            start = end
+    for key, value in arrays.items():
+        if _sparse_name(key) is not None:
+            continue
+        if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != n:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+            raise ValueError(f"{key}: shape {shape}, expected one row for each of {n} clients")
+        for i in range(n):
+            out[i][key] = value[i]
+    return out
+
+
+def reply_entries(content: RecordDict, shapes: Mapping[str, tuple[int, ...]]
+                  ) -> list[tuple[Any, dict[str, torch.Tensor], dict[str, Any]]]:
+    """A train reply as ``(claimed client id, arrays, metrics)`` entries, one per client.
+
+    A one-client reply is one entry (its metrics as sent); a partition node's reply (metrics
+    ``client-ids``, ``num-examples``, ``losses``: lists) is one entry per listed client, with
+    metrics ``client-id``, ``num-examples`` and ``loss`` and its own arrays
+    (:func:`split_stacked`). The claimed ids are not checked here.
+
+    Raises
+    ------
+    ValueError, KeyError, TypeError
+        When the reply is malformed (see the module docstring): it is then dropped whole.
+    """
+    arrays, metrics = reply_update(content)
+    if CLIENT_IDS not in metrics:
+        return [(metrics["client-id"], arrays, metrics)]
+    if "client-id" in metrics:
+        raise ValueError("the reply holds both client-id and client-ids")
+    ids, counts, losses = metrics[CLIENT_IDS], metrics.get("num-examples"), metrics.get("losses")
+    for key, value in ((CLIENT_IDS, ids), ("num-examples", counts), ("losses", losses)):
+        if not isinstance(value, list):
+            raise ValueError(f"{key} is not a list ({type(value).__name__})")
+    if not ids:
+        raise ValueError(f"{CLIENT_IDS} is empty")
+    if len(counts) != len(ids) or len(losses) != len(ids):
+        raise ValueError(f"{len(ids)} client-ids, {len(counts)} num-examples, "
+                         f"{len(losses)} losses")
+    per_client = split_stacked(arrays, len(ids), shapes)
+    return [(cid, a, {"client-id": cid, "num-examples": k, "loss": loss})
+            for cid, a, k, loss in zip(ids, per_client, counts, losses, strict=True)]
 
 
 def _number(value: Any) -> float:
@@ -147,6 +274,9 @@ class FedRecStrategy(FedAvg):
         ``server_round -> {client id: node id}`` for the round; takes precedence over
         ``node_selector``. With it, a reply must claim one of the round's clients and come from
         that client's node.
+    partition_nodes : bool
+        Nodes hold several clients (``federation.flower_nodes``): each node holding some of
+        the round's clients gets one message listing them (needs ``round_clients``).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
@@ -154,7 +284,10 @@ class FedRecStrategy(FedAvg):
     def __init__(self, aggregator: ServerAggregator, shapes: dict[str, tuple[int, ...]],
                  node_selector: NodeSelector | None = None,
                  epoch_of: Callable[[int], int] | None = None,
-                 round_clients: RoundClients | None = None, **kwargs: Any) -> None:
+                 round_clients: RoundClients | None = None, partition_nodes: bool = False,
+                 **kwargs: Any) -> None:
+        if partition_nodes and round_clients is None:
+            raise ValueError("partition_nodes needs round_clients (which node holds which client)")
         kwargs.setdefault("fraction_evaluate", 0.0)
         flwr_level = logging.getLogger("flwr").level
         logging.getLogger("flwr").setLevel(logging.ERROR)  # FedAvg warns about fraction_evaluate=0
@@ -166,6 +299,7 @@ class FedRecStrategy(FedAvg):
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.node_selector = node_selector
         self.round_clients = round_clients
+        self.partition_nodes = partition_nodes
         self.epoch_of = epoch_of or (lambda r: 0)
         self.current: dict[str, torch.Tensor] | None = None
         self.last_report: RoundReport | None = None
@@ -188,6 +322,9 @@ class FedRecStrategy(FedAvg):
         if self.round_clients is not None:
             clients = {int(c): int(n) for c, n in self.round_clients(server_round).items()}
             self.sent = (server_round, clients)
+            if self.partition_nodes:
+                config["server-round"] = server_round
+                return self._partition_messages(arrays, config, clients)
             nodes = list(clients.values())
         elif self.node_selector is not None:
             nodes = list(self.node_selector(server_round))
@@ -196,6 +333,19 @@ class FedRecStrategy(FedAvg):
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+    def _partition_messages(self, arrays: ArrayRecord, config: ConfigRecord,
+                            clients: Mapping[int, int]) -> list[Message]:
+        """One train message per node holding some of ``clients`` (client id -> node id),
+        its config listing them (``client-ids``, increasing)."""
+        by_node: dict[int, list[int]] = {}
+        for cid in sorted(clients):
+            by_node.setdefault(clients[cid], []).append(cid)
+        return [Message(RecordDict({self.arrayrecord_key: arrays,
+                                    self.configrecord_key: ConfigRecord({**config,
+                                                                         CLIENT_IDS: ids})}),
+                        dst_node_id=node, message_type=MessageType.TRAIN)
+                for node, ids in by_node.items()]
 
     def expected_clients(self, server_round: int) -> dict[int, int] | None:
         """``{client id: node id}`` the round's messages went to (None: not known)."""
@@ -207,30 +357,31 @@ class FedRecStrategy(FedAvg):
 
     def _identified(self, server_round: int, valid: list[Message]
                     ) -> list[tuple[int, dict[str, torch.Tensor], dict[str, Any]]]:
-        """Parse replies and keep those whose ``client-id`` holds up (each drop is logged)."""
+        """Parse replies into per-client entries (:func:`reply_entries`) and keep those whose
+        ``client-id`` holds up (each drop is logged)."""
         expected = self.expected_clients(server_round)
         out: list[tuple[int, dict[str, torch.Tensor], dict[str, Any]]] = []
         for msg in valid:
             node = msg.metadata.src_node_id
             try:
-                arrays, metrics = reply_update(msg.content)
-                raw_id = metrics["client-id"]
+                entries = reply_entries(msg.content, self.shapes)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("round %d: dropped a malformed reply from node %s (%s)",
                             server_round - 1, node, exc)
                 continue
-            why = client_id_problem(raw_id)
-            if why is None and expected is not None:
-                cid = int(raw_id)
-                if cid not in expected:
-                    why = f"client-id {cid} was not sent this round's message"
-                elif expected[cid] != node:
-                    why = f"client-id {cid}'s message went to node {expected[cid]}"
-            if why is not None:
-                log.warning("round %d: dropped a reply from node %s (%s)",
-                            server_round - 1, node, why)
-                continue
-            out.append((int(raw_id), arrays, metrics))
+            for raw_id, arrays, metrics in entries:
+                why = client_id_problem(raw_id)
+                if why is None and expected is not None:
+                    cid = int(raw_id)
+                    if cid not in expected:
+                        why = f"client-id {cid} was not sent this round's message"
+                    elif expected[cid] != node:
+                        why = f"client-id {cid}'s message went to node {expected[cid]}"
+                if why is not None:
+                    log.warning("round %d: dropped a reply from node %s (%s)",
+                                server_round - 1, node, why)
+                    continue
+                out.append((int(raw_id), arrays, metrics))
         return out
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

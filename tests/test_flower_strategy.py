@@ -30,6 +30,7 @@ from fedrec.engine.context import RunContext
 from fedrec.engine.federated import FederatedTrainer
 from fedrec.engine.federation import Federation, build_aggregator
 from fedrec.engine.flower import FlowerTrainer, client_train
+from fedrec.rowsparse import RowSparse, encode_row_stack
 from strategies.fedrec_strategy import MAX_NUM_EXAMPLES, FedRecStrategy
 from strategies.optimizer import ServerOptimizer
 from strategies.server import ServerAggregator
@@ -354,3 +355,157 @@ def test_flower_trainer_without_dropout_equals_local_engine(flower_identity):
     assert gap <= tol, (gap, tol)
     # the bound is far below what a wrong client or mask would cause (one client's step)
     assert tol < 1e-2 * lr * g_scale / cfg.federation.clients_per_round
+
+
+# ----------------------------------------------------------------------------- partition nodes
+
+#: node id of client ``c`` with partition nodes: clients 0-2 on node 200, client 3 on node 201
+PART_NODE = {0: 200, 1: 200, 2: 200, 3: 201}
+
+
+def _partition_strategy() -> FedRecStrategy:
+    strat = FedRecStrategy(_aggregator(), SHAPES, round_clients=lambda r: PART_NODE,
+                           partition_nodes=True)
+    strat.current = _params()
+    return strat
+
+
+def _multi(node: int, ids: list[Any], counts: list[Any] | None = None,
+           arrays: dict[str, torch.Tensor] | None = None, plain: bool = False,
+           **metrics: Any) -> Message:
+    """A partition node's train reply for ``ids`` (each client's ``_update``, stacked)."""
+    if arrays is None:
+        ups = [_update(int(c) % 97) for c in ids]
+        arrays = {n: torch.stack([u[n] for u in ups]) for n in SHAPES}
+    values = {"client-ids": list(ids), "num-examples": counts or [5] * len(ids),
+              "losses": [float(i) for i in range(len(ids))], **metrics}
+    return _reply(node, values, update=arrays, plain=plain)
+
+
+def test_partition_nodes_get_one_message_listing_their_round_clients(flower_identity):
+    strat = _partition_strategy()
+    msgs = list(strat.configure_train(3, ArrayRecord(_params()),
+                                      ConfigRecord({"fedrec-round": 2}), grid=None))
+    got = {m.metadata.dst_node_id: m.content["config"] for m in msgs}
+    assert set(got) == {200, 201} and len(msgs) == 2
+    assert got[200]["client-ids"] == [0, 1, 2] and got[201]["client-ids"] == [3]
+    assert all(c["fedrec-round"] == 2 and c["server-round"] == 3 for c in got.values())
+    with pytest.raises(ValueError, match="needs round_clients"):
+        FedRecStrategy(_aggregator(), SHAPES, partition_nodes=True)
+
+
+def test_partition_replies_are_aggregated_like_single_replies(flower_identity):
+    strat = _partition_strategy()
+    arrays, metrics = strat.aggregate_train(1, [_multi(201, [3], [6]),
+                                                _multi(200, [0, 1, 2], [7, 4, 3])])
+    _assert_params(arrays, _reference([0, 1, 2, 3], [7, 4, 3, 6]))
+    assert metrics["clients"] == 4 and strat.last_report.dropped == []
+    assert strat.last_report.client_ids.tolist() == [0, 1, 2, 3]
+
+
+def test_partition_reply_with_row_sparse_stack(flower_identity):
+    ups = [_update(c) for c in (0, 1, 2)]
+    ups[1]["w"][0] = 0.0  # client 1 touched only row 1 of w
+    stack = RowSparse.from_dense(torch.stack([u["w"] for u in ups]))
+    arrays = {**encode_row_stack("w", stack), "b": torch.stack([u["b"] for u in ups])}
+    strat = _partition_strategy()
+    out, _ = strat.aggregate_train(1, [_multi(200, [0, 1, 2], arrays=arrays)])
+    stacked = {n: torch.stack([u[n] for u in ups]) for n in SHAPES}
+    ref, _ = _aggregator().round(_params(), stacked, torch.full((3,), 5.0, dtype=torch.float64),
+                                 [0, 1, 2], 0, 0)
+    for n in SHAPES:
+        torch.testing.assert_close(out.to_torch_state_dict()[n], ref[n])
+
+
+def test_partition_entry_claiming_another_nodes_client_is_dropped_alone(flower_identity, caplog):
+    strat = _partition_strategy()
+    # node 200 lists client 3 (sent to node 201) and 7 (in no message) besides its own 0 and 1
+    forged = _multi(200, [0, 1, 3, 7])
+    with caplog.at_level(logging.WARNING, logger="fedrec"):
+        arrays, metrics = strat.aggregate_train(1, [forged, _multi(201, [3])])
+    # 0, 1 kept from node 200; the genuine 3 from node 201 is not charged with the forgery
+    ups = {0: _update(0), 1: _update(1), 3: _update(3)}
+    stacked = {n: torch.stack([ups[c][n] for c in (0, 1, 3)]) for n in SHAPES}
+    ref, _ = _aggregator().round(_params(), stacked, torch.full((3,), 5.0, dtype=torch.float64),
+                                 [0, 1, 3], 0, 0)
+    _assert_params(arrays, ref)
+    assert strat.last_report.dropped == [] and metrics["clients"] == 3
+    assert "client-id 3's message went to node 201" in caplog.text
+    assert "client-id 7 was not sent this round's message" in caplog.text
+
+
+def test_one_nonfinite_client_of_a_partition_reply_is_dropped_alone(flower_identity, caplog):
+    strat = _partition_strategy()
+    arrays = {n: torch.stack([_update(c)[n] for c in (0, 1, 2)]) for n in SHAPES}
+    arrays["w"][1, 0, 2] = float("nan")
+    with caplog.at_level(logging.WARNING, logger="fedrec"):
+        out, metrics = strat.aggregate_train(1, [_multi(200, [0, 1, 2], [5, 5, 5], arrays=arrays),
+                                                 _multi(201, [3])])
+    _assert_params(out, _reference([0, 2, 3], [5, 5, 5]))
+    assert strat.last_report.dropped == [1] and metrics["dropped"] == 1
+    assert not strat.last_report.kept[strat.last_report.client_ids.tolist().index(1)]
+    assert "dropped update of client 1 (w: non-finite values)" in caplog.text
+
+
+def test_bad_num_examples_in_a_partition_reply_drops_that_client(flower_identity):
+    strat = _partition_strategy()
+    out, _ = strat.aggregate_train(1, [_multi(200, [0, 1, 2], [5, 0, 5]), _multi(201, [3])])
+    _assert_params(out, _reference([0, 2, 3], [5, 5, 5]))
+    assert strat.last_report.dropped == [1]
+
+
+def test_duplicate_claims_in_partition_replies_drop_every_claimant(flower_identity, caplog):
+    # twice in one node's list, and (without a node map) in two nodes' replies
+    strat = _partition_strategy()
+    with caplog.at_level(logging.WARNING, logger="fedrec"):
+        out, _ = strat.aggregate_train(1, [_multi(200, [0, 1, 1]), _multi(201, [3])])
+    _assert_params(out, _reference([0, 3], [5, 5]))
+    assert strat.last_report.dropped == [1]
+    assert "client 1 (2 replies claim this client id; all rejected)" in caplog.text
+    open_strat = _strategy(round_clients=False)
+    out, _ = open_strat.aggregate_train(1, [_multi(NODE[0], [0, 1]), _multi(NODE[1], [1, 2])])
+    _assert_params(out, _reference([0, 2], [5, 5]))
+    assert open_strat.last_report.dropped == [1]
+
+
+def _bad_stack() -> dict[str, torch.Tensor]:
+    stack = RowSparse.from_dense(torch.stack([_update(c)["w"] for c in (0, 1, 2)]))
+    arrays = {**encode_row_stack("w", stack), "b": torch.zeros(3, 3)}
+    arrays["w::clients"] = arrays["w::clients"] + 1  # client indices up to 3 for 3 clients
+    return arrays
+
+
+@pytest.mark.parametrize("kwargs,why", [
+    ({"counts": [5, 5]}, "3 client-ids, 2 num-examples"),
+    ({"losses": [0.0]}, "1 losses"),
+    ({"arrays": {"w": torch.zeros(2, 2, 3), "b": torch.zeros(3, 3)}}, "w: shape (2, 2, 3)"),
+    ({"arrays": {"w": torch.zeros(3, 2, 3), "b": torch.zeros(())}}, "b: shape ()"),
+    ({"arrays": _bad_stack()}, "w::clients: client indices must lie in [0, 3)"),
+    ({"arrays": {"w::row_ids": torch.zeros(1, dtype=torch.int64),
+                 "w::rows": torch.zeros(1, 3), "b": torch.zeros(3, 3)}}, "missing"),
+    ({"arrays": {"w": torch.zeros(3, 2, 3), "b": torch.zeros(3, 3),
+                 **encode_row_stack("x", RowSparse.from_dense(torch.ones(3, 2, 1)))}},
+     "x: unexpected row-sparse table"),
+    ({"client-id": 0}, "both client-id and client-ids"),
+])
+def test_malformed_partition_reply_is_dropped_whole(flower_identity, caplog, kwargs, why):
+    strat = _partition_strategy()
+    bad = _multi(200, [0, 1, 2], **kwargs)
+    with caplog.at_level(logging.WARNING, logger="fedrec"):
+        out, _ = strat.aggregate_train(1, [bad, _multi(201, [3])])
+    _assert_params(out, _reference([3], [5]))
+    assert strat.last_report.dropped == []  # nobody is charged for a reply that does not parse
+    assert "dropped a malformed reply from node 200" in caplog.text and why in caplog.text
+
+
+@pytest.mark.parametrize("ids", [5, [], "0,1"])
+def test_partition_reply_whose_client_list_is_not_a_list_is_malformed(flower_identity, caplog,
+                                                                      ids):
+    strat = _partition_strategy()
+    bad = _reply(200, {"client-ids": ids, "num-examples": [5], "losses": [0.0]},
+                 update={n: torch.stack([_update(0)[n]]) for n in SHAPES},
+                 plain=isinstance(ids, str))
+    with caplog.at_level(logging.WARNING, logger="fedrec"):
+        out, _ = strat.aggregate_train(1, [bad, _multi(201, [3])])
+    _assert_params(out, _reference([3], [5]))
+    assert "dropped a malformed reply from node 200" in caplog.text

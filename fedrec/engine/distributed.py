@@ -93,6 +93,26 @@ def shard_bounds(n: int, workers: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
+def shard_torch_seed(rc: RoundConfig, shard: int, tag: int = SHARD_STREAM_TAG) -> int:
+    """Torch seed (dropout masks) of a shard's batched computation in round ``rc.round``.
+
+    Parameters
+    ----------
+    rc : RoundConfig
+        Round settings (``seed`` and ``round`` are used).
+    shard : int
+        Index of the shard (a distributed engine's actor, a Flower partition node).
+    tag : int
+        Which engine's streams (so two engines' shard ``k`` draw different masks).
+
+    Returns
+    -------
+    int
+        A 64-bit seed, a function of ``(rc.seed, rc.round, shard, tag)`` only.
+    """
+    return int(stream_key(int(rc.seed), int(rc.round), int(shard), int(tag)))
+
+
 class DistributedTrainer(FederatedTrainer):
     """The local engine with each round's benign clients computed by Ray actors.
 
@@ -157,7 +177,7 @@ class DistributedTrainer(FederatedTrainer):
         self._ray = None
 
     def _torch_seed(self, rc: RoundConfig, shard: int) -> int:
-        return int(stream_key(int(rc.seed), int(rc.round), shard, SHARD_STREAM_TAG))
+        return shard_torch_seed(rc, shard)
 
     # ------------------------------------------------------------------ sharded round
     def benign_updates(self, rc: RoundConfig, benign: np.ndarray, seqs: list[np.ndarray]

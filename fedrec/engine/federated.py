@@ -74,6 +74,56 @@ def place_clients(parts: list[tuple[Stacked, np.ndarray]], n: int) -> Stacked:
     return out
 
 
+def malicious_updates(fed: Federation, params: Params, ids: np.ndarray, rc: RoundConfig,
+                      sparse_items: bool = False
+                      ) -> tuple[Stacked | None, list[int], list[float]]:
+    """The attackers' updates of a round, crafted one by one and stacked in ``ids`` order.
+
+    Shared by the local engine and the Flower engine's partition nodes.
+
+    Parameters
+    ----------
+    fed : Federation
+        The experiment (its model, attack and threat model).
+    params : dict
+        Global parameters of the round.
+    ids : numpy.ndarray
+        Malicious client ids.
+    rc : RoundConfig
+        The round's client config.
+    sparse_items : bool
+        Keep each item table as its touched rows (:class:`RowSparse`;
+        ``federation.item_updates: sparse``).
+
+    Returns
+    -------
+    stacked : dict or None
+        ``name -> Tensor[k, ...]`` (item tables a RowSparse with ``sparse_items``); None when
+        ``ids`` is empty.
+    counts : list of int
+        Each attacker's claimed example count.
+    losses : list of float
+        Each attacker's reported loss (0.0 when the attack reports none, as a Flower
+        single-client reply does).
+    """
+    if len(ids) == 0:
+        return None, [], []
+    items = set(fed.ctx.model.item_param_names) if sparse_items else set()
+    ups = []
+    for c in ids:
+        u = fed.attack.craft(fed.ctx.model, params, int(c), fed.threat, rc)
+        # attacks craft dense tables; with sparse items keep only each one's touched rows
+        # (converted as crafted, so at most one attacker's dense table is alive at a time)
+        ups.append((u.num_examples, float(u.metrics.get("loss", 0.0)),
+                    {n: (RowSparse.from_dense(v[None]) if n in items else v)
+                     for n, v in u.params.items()}))
+    stacked: Stacked = {
+        n: (RowSparse.concat([u[n] for _, _, u in ups]) if n in items
+            else torch.stack([u[n] for _, _, u in ups]))
+        for n in params}
+    return stacked, [k for k, _, _ in ups], [loss for _, loss, _ in ups]
+
+
 class FederatedTrainer(FederatedTrainerBase):
     """Local (in-process, batched) federated engine; one step = one round.
 
@@ -113,21 +163,8 @@ class FederatedTrainer(FederatedTrainerBase):
 
     def _malicious_updates(self, ids: np.ndarray, rc: RoundConfig
                            ) -> tuple[Stacked | None, list[int]]:
-        if len(ids) == 0:
-            return None, []
-        items = set(self.ctx.model.item_param_names) if self.sparse_items else set()
-        ups = []
-        for c in ids:
-            u = self.fed.attack.craft(self.ctx.model, self.params, int(c), self.fed.threat, rc)
-            # attacks craft dense tables; with sparse items keep only each one's touched rows
-            # (converted as crafted, so at most one attacker's dense table is alive at a time)
-            ups.append((u.num_examples, {n: (RowSparse.from_dense(v[None]) if n in items else v)
-                                         for n, v in u.params.items()}))
-        stacked: Stacked = {
-            n: (RowSparse.concat([u[n] for _, u in ups]) if n in items
-                else torch.stack([u[n] for _, u in ups]))
-            for n in self.params}
-        return stacked, [k for k, _ in ups]
+        stacked, counts, _ = malicious_updates(self.fed, self.params, ids, rc, self.sparse_items)
+        return stacked, counts
 
     def _linear_fedsgd_round(self, step: int, rc: RoundConfig, benign: np.ndarray,
                              seqs: list[np.ndarray], weights_b: list[int], mal: np.ndarray,

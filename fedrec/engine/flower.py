@@ -21,8 +21,22 @@
   ``flwr run`` the module-level ``server_app``/``client_app`` read the experiment from the
   run config (``config`` = YAML path, ``overrides`` = ``"a.b=1 c=2"``, ``out-dir``).
 
-Partition ``p`` is client ``participants[p]`` (benign users, then added attackers). The server
-learns which node holds which partition with one ``query`` message per node at start-up.
+Which node holds which clients (:func:`node_bounds`): by default (``federation.flower_nodes``
+unset) partition ``p`` is one client, ``participants[p]`` (benign users, then added
+attackers), and a round sends one message per client. With ``federation.flower_nodes: N``
+the simulation runs N supernodes (at most one per participant) and node ``k`` holds the
+``k``-th of N contiguous slices of the participants
+(:func:`fedrec.engine.distributed.shard_bounds`). A round then sends **one** message to each
+node holding some of its clients, listing them (config ``client-ids``); the node refuses ids
+outside its slice with an error reply, computes its clients as the local engine does
+(:func:`partition_train`: the benign ones batched by :func:`clients.update.batched_updates`
+under a torch seed from ``(seed, round, node)``, the attackers one by one) and replies with
+their updates stacked (:func:`stacked_reply_arrays`) and the lists ``client-ids``,
+``num-examples``, ``losses``; the strategy checks every client of the reply on its own. Such a
+run repeats exactly, and without dropout equals the local engine up to float32 summation
+order. Client-side evaluation sends one ``evaluate`` message per node listing its users.
+The server learns which node holds which partition with one ``query`` message per node at
+start-up.
 """
 
 from __future__ import annotations
@@ -41,26 +55,81 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-from clients.update import Update, client_torch_rng, client_update
+from clients.update import Update, batched_updates, client_torch_rng, client_update, num_examples
 from fedrec.config import ExperimentConfig, dump_config, load_config, validate_config
 from fedrec.data.registry import data_root
 from fedrec.device import device_scope, resolve_device
 from fedrec.engine.context import RunContext
+from fedrec.engine.distributed import shard_bounds, shard_torch_seed
+from fedrec.engine.federated import Stacked, malicious_updates, place_clients
 from fedrec.engine.federation import FederatedTrainerBase, Federation, build_aggregator
 from fedrec.logs import quiet_third_party
-from fedrec.rowsparse import encode_rows
-from strategies.fedrec_strategy import FedRecStrategy
+from fedrec.rowsparse import RowSparse, encode_row_stack, encode_rows
+from strategies.fedrec_strategy import CLIENT_IDS, FedRecStrategy
 from strategies.server import ServerAggregator
 from strategies.wire import array_record, record_tensors
 
 log = logging.getLogger("fedrec")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Tag of a partition node's torch stream (dropout), mixed with (seed, round, node index).
+NODE_STREAM_TAG = 0xF10E
+#: Clients per vmapped chunk of a partition node (as the local engine).
+NODE_CHUNK_SIZE = 64
+
+
+def node_bounds(n_participants: int, flower_nodes: int | None) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the participants each supernode holds: node ``k`` holds
+    ``participants[start:stop]``.
+
+    Parameters
+    ----------
+    n_participants : int
+        Clients taking part (``fed.threat.participants()``).
+    flower_nodes : int or None
+        ``federation.flower_nodes``: None gives one node per participant; N gives
+        ``min(N, n_participants)`` contiguous slices (sizes differing by at most one; more
+        nodes than participants would leave some empty, so the count is clamped).
+
+    Returns
+    -------
+    list of (int, int)
+        One ``(start, stop)`` per node, in node order.
+    """
+    if flower_nodes is None:
+        return [(p, p + 1) for p in range(n_participants)]
+    return shard_bounds(n_participants, min(int(flower_nodes), n_participants))
+
+
+def node_clients(fed: Federation, node: int) -> np.ndarray:
+    """The participants supernode ``node`` (its ``partition-id``) holds.
+
+    Raises
+    ------
+    ValueError
+        When the experiment has no node ``node``.
+    """
+    parts = fed.threat.participants()
+    bounds = node_bounds(len(parts), fed.ctx.cfg.federation.flower_nodes)
+    if not 0 <= node < len(bounds):
+        raise ValueError(f"node {node}: the experiment has {len(bounds)} nodes")
+    start, stop = bounds[node]
+    return parts[start:stop]
 
 
 def portable_config(cfg: ExperimentConfig) -> str:
@@ -150,6 +219,154 @@ def reply_arrays(fed: Federation, upd: Update) -> ArrayRecord:
     return array_record(out)
 
 
+def requested_clients(fed: Federation, node: int, config: Mapping[str, Any]) -> np.ndarray:
+    """The client ids a message to partition node ``node`` lists (config ``client-ids``).
+
+    Raises
+    ------
+    ValueError
+        One line, when the list is missing, empty, not integers, repeats an id or names a
+        client this node does not hold (the node then answers with an error reply).
+    """
+    raw = config.get(CLIENT_IDS)
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"node {node}: the message lists no {CLIENT_IDS}")
+    if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in raw):
+        raise ValueError(f"node {node}: {CLIENT_IDS} must be integers")
+    ids = np.asarray(raw, dtype=np.int64)
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"node {node}: {CLIENT_IDS} repeats an id")
+    foreign = ids[~np.isin(ids, node_clients(fed, node))]
+    if len(foreign):
+        raise ValueError(f"node {node} does not hold clients {foreign[:5].tolist()}")
+    return ids
+
+
+def partition_train(fed: Federation, node: int, client_ids: np.ndarray, round_idx: int,
+                    params: dict[str, torch.Tensor]
+                    ) -> tuple[Stacked, list[int], list[float]]:
+    """The updates of a partition node's clients in round ``round_idx``, stacked.
+
+    As the local engine's round (:meth:`fedrec.engine.federated.FederatedTrainer.train_step`,
+    per-client path): the benign clients batched by :func:`clients.update.batched_updates`
+    (chunks of :data:`NODE_CHUNK_SIZE`), with torch (dropout) seeded from
+    ``(seed, round, node)`` (:func:`fedrec.engine.distributed.shard_torch_seed`, tag
+    :data:`NODE_STREAM_TAG`; the process's own stream is left as it was), the attackers one by
+    one (:func:`fedrec.engine.federated.malicious_updates`), merged in ``client_ids`` order.
+
+    Parameters
+    ----------
+    fed : Federation
+        The experiment.
+    node : int
+        The node's index (its ``partition-id``).
+    client_ids : numpy.ndarray
+        The clients to compute (checked by :func:`requested_clients`).
+    round_idx : int
+        Global round index (0-based).
+    params : dict
+        Global parameters sent by the server.
+
+    Returns
+    -------
+    stacked : dict
+        ``name -> Tensor[n, ...]`` in ``client_ids`` order (item tables a
+        :class:`~fedrec.rowsparse.RowSparse` with ``federation.item_updates: sparse``).
+    counts : list of int
+        Each client's example count.
+    losses : list of float
+        Each client's loss (attackers: what the attack reports, else 0.0).
+    """
+    rc = fed.round_config(round_idx)
+    ids = np.asarray(client_ids, dtype=np.int64)
+    sparse = fed.ctx.cfg.federation.item_updates == "sparse"
+    is_mal = np.isin(ids, fed.threat.malicious_ids)
+    counts = np.zeros(len(ids), dtype=np.int64)
+    losses = np.zeros(len(ids), dtype=np.float64)
+    parts: list[tuple[Stacked, np.ndarray]] = []
+    benign = ids[~is_mal]
+    if len(benign):
+        seqs = [fed.client_sequence(int(c)) for c in benign]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(shard_torch_seed(rc, node, NODE_STREAM_TAG))
+            stacked, loss = batched_updates(fed.ctx.model, params, seqs, benign, rc,
+                                            chunk_size=NODE_CHUNK_SIZE, sparse_items=sparse)
+        pos = np.flatnonzero(~is_mal)
+        parts.append((stacked, pos))
+        counts[pos] = [num_examples(q) for q in seqs]
+        losses[pos] = loss.detach().cpu().double().numpy()
+    mal_stacked, mal_counts, mal_losses = malicious_updates(fed, params, ids[is_mal], rc, sparse)
+    if mal_stacked is not None:
+        pos = np.flatnonzero(is_mal)
+        parts.append((mal_stacked, pos))
+        counts[pos], losses[pos] = mal_counts, mal_losses
+    merged = parts[0][0] if len(parts) == 1 else place_clients(parts, len(ids))
+    return merged, [int(c) for c in counts], [float(x) for x in losses]
+
+
+def stacked_reply_arrays(stacked: Mapping[str, torch.Tensor | RowSparse]) -> ArrayRecord:
+    """Several clients' stacked updates as they travel back: dense tensors as ``<name>``
+    ``[n, *shape]``, row-sparse tables as ``<name>::clients`` / ``::row_ids`` / ``::rows``
+    (:func:`fedrec.rowsparse.encode_row_stack`)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in stacked.items():
+        if isinstance(v, RowSparse):
+            out.update(encode_row_stack(k, v))
+        else:
+            out[k] = v.detach().cpu().contiguous()
+    return array_record(out)
+
+
+def partition_train_reply(fed: Federation, node: int, content: RecordDict) -> RecordDict:
+    """A partition node's answer to a train message: its listed clients' stacked updates
+    (:func:`partition_train`) and the metrics ``client-ids``, ``num-examples``, ``losses``.
+
+    Raises
+    ------
+    ValueError
+        When the message lists clients the node refuses (:func:`requested_clients`).
+    """
+    ids = requested_clients(fed, node, content["config"])
+    params = record_tensors(content["arrays"])
+    with device_scope(fed.ctx.device) as dev:  # messages travel on the CPU
+        params = {k: v.to(dev) for k, v in params.items()}
+        stacked, counts, losses = partition_train(
+            fed, node, ids, int(content["config"]["fedrec-round"]), params)
+        arrays = stacked_reply_arrays(stacked)
+    metrics = MetricRecord({CLIENT_IDS: [int(c) for c in ids], "num-examples": counts,
+                            "losses": losses})
+    return RecordDict({"arrays": arrays, "metrics": metrics})
+
+
+def partition_evaluate_reply(fed: Federation, node: int, content: RecordDict) -> RecordDict:
+    """A partition node's answer to an evaluate message: the mean client-side metrics of its
+    listed users (:func:`clients.evaluate.client_evaluate`, all at once), ``num-examples``
+    (how many) and ``client-ids``.
+
+    Raises
+    ------
+    ValueError
+        When the message lists clients the node refuses (:func:`requested_clients`).
+    """
+    from clients.evaluate import client_evaluate
+
+    ids = requested_clients(fed, node, content["config"])
+    data = [fed.client_eval_data(int(c)) for c in ids]
+    params = record_tensors(content["arrays"])
+    with device_scope(fed.ctx.device) as dev:
+        params = {k: v.to(dev) for k, v in params.items()}
+        res = client_evaluate(fed.ctx.model, params, [d[0] for d in data],
+                              np.array([d[1] for d in data]), fed.ctx.cfg.eval.ks)
+    metrics = MetricRecord({**{k: float(v) for k, v in res.items()}, "num-examples": len(ids),
+                            CLIENT_IDS: [int(c) for c in ids]})
+    return RecordDict({"metrics": metrics})
+
+
+def refusal(msg: Message, why: str) -> Message:
+    """An error reply to ``msg`` saying why the node refuses it."""
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=why), reply_to=msg)
+
+
 class FedRecClientApp(ClientApp):
     """A ``ClientApp`` that pickles as its experiment and is rebuilt once per process.
 
@@ -197,6 +414,11 @@ def make_client_app(cfg_json: str | None = None) -> FedRecClientApp:
     def train(msg: Message, context: Context) -> Message:
         fed = federation_for(experiment(context))
         pid = int(context.node_config["partition-id"])
+        if fed.ctx.cfg.federation.flower_nodes is not None:
+            try:
+                return Message(partition_train_reply(fed, pid, msg.content), reply_to=msg)
+            except ValueError as exc:
+                return refusal(msg, str(exc))
         cid = int(fed.threat.participants()[pid])
         params = record_tensors(msg.content["arrays"])
         with device_scope(fed.ctx.device) as dev:  # messages travel on the CPU
@@ -213,6 +435,11 @@ def make_client_app(cfg_json: str | None = None) -> FedRecClientApp:
 
         fed = federation_for(experiment(context))
         pid = int(context.node_config["partition-id"])
+        if fed.ctx.cfg.federation.flower_nodes is not None:
+            try:
+                return Message(partition_evaluate_reply(fed, pid, msg.content), reply_to=msg)
+            except ValueError as exc:
+                return refusal(msg, str(exc))
         cid = int(fed.threat.participants()[pid])
         history, item = fed.client_eval_data(cid)
         params = record_tensors(msg.content["arrays"])
@@ -261,25 +488,30 @@ class FlowerTrainer(FederatedTrainerBase):
         super().__init__(fed, aggregator)
         self.grid = grid
         self.timeout = timeout
+        #: client id -> node id (several clients per node with ``federation.flower_nodes``)
         self.node_of: dict[int, int] = {}
+        #: whether nodes hold partitions of several clients (``federation.flower_nodes``)
+        self.partitioned = fed.ctx.cfg.federation.flower_nodes is not None
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         sched = fed.schedule
         self.strategy = FedRecStrategy(
             aggregator, shapes,
             round_clients=lambda r: {int(c): self.node_of[int(c)] for c in sched.clients(r - 1)},
-            epoch_of=lambda r: sched.epoch_of(r - 1),
+            epoch_of=lambda r: sched.epoch_of(r - 1), partition_nodes=self.partitioned,
             min_available_nodes=1, min_train_nodes=1,
         )
 
     def connect(self, grid: Grid) -> None:
-        """Attach to the grid and map partitions (clients) to node ids."""
+        """Attach to the grid and map clients to node ids (:func:`node_bounds`)."""
         self.grid = grid
         parts = self.fed.threat.participants()
-        by_pid = discover_nodes(grid, expected=len(parts))
-        missing = [p for p in range(len(parts)) if p not in by_pid]
+        bounds = node_bounds(len(parts), self.ctx.cfg.federation.flower_nodes)
+        by_pid = discover_nodes(grid, expected=len(bounds))
+        missing = [p for p in range(len(bounds)) if p not in by_pid]
         if missing:
-            raise RuntimeError(f"{len(missing)} partitions have no node (expected {len(parts)})")
-        self.node_of = {int(parts[p]): node for p, node in by_pid.items()}
+            raise RuntimeError(f"{len(missing)} partitions have no node (expected {len(bounds)})")
+        self.node_of = {int(c): by_pid[k] for k, (a, b) in enumerate(bounds)
+                        for c in parts[a:b]}
 
     def train_step(self, step: int) -> dict[str, float]:
         """Send round ``step`` to its clients through Flower and aggregate the replies."""
@@ -292,11 +524,14 @@ class FlowerTrainer(FederatedTrainerBase):
         if new is not None:
             self.params = record_tensors(new)
         loss = float(metrics["loss"]) if metrics is not None else float("nan")
-        return self.round_metrics(step, self.strategy.last_report, loss, len(msgs))
+        n_clients = len(self.fed.schedule.clients(step)) if self.partitioned else len(msgs)
+        return self.round_metrics(step, self.strategy.last_report, loss, n_clients)
 
     def client_side_eval(self) -> dict[str, float]:
-        """Ask the clients (``@app.evaluate``) and average their reports."""
+        """Ask the clients (``@app.evaluate``) and average their reports (over users)."""
         assert self.grid is not None
+        if self.partitioned:
+            return self._partition_eval()
         arrays = array_record(self.params)
         record = RecordDict({"arrays": arrays, "config": ConfigRecord({})})
         nodes = [self.node_of[int(u)] for u in self.fed.client_eval_users()]
@@ -309,6 +544,41 @@ class FlowerTrainer(FederatedTrainerBase):
                 if k not in ("num-examples", "client-id")]
         rows = [next(iter(r.content.metric_records.values())) for r in replies]
         return {k: float(np.mean([row[k] for row in rows])) for k in keys}
+
+    def _partition_eval(self) -> dict[str, float]:
+        """Client-side evaluation with partition nodes: one message per node listing its users
+        to evaluate; each reply's means weighted by its ``num-examples`` (users), so the
+        result is the mean over users. A reply that does not report exactly the users sent
+        to its node is dropped with a log line."""
+        assert self.grid is not None
+        arrays = array_record(self.params)
+        by_node: dict[int, list[int]] = {}
+        for u in self.fed.client_eval_users():
+            by_node.setdefault(self.node_of[int(u)], []).append(int(u))
+        msgs = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord({CLIENT_IDS: ids})}),
+                        dst_node_id=node, message_type=MessageType.EVALUATE)
+                for node, ids in by_node.items()]
+        rows: list[Mapping[str, Any]] = []
+        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("client-side evaluation: node %s failed (%s)", node,
+                            reply.error.reason)
+                continue
+            row = next(iter(reply.content.metric_records.values()), None)
+            if (row is None or row.get(CLIENT_IDS) != by_node.get(node)
+                    or row.get("num-examples") != len(by_node[node])):
+                log.warning("client-side evaluation: dropped a malformed reply from node %s",
+                            node)
+                continue
+            rows.append(row)
+        if not rows:
+            return {}
+        keys = [k for k in rows[0] if k not in ("num-examples", CLIENT_IDS)]
+        rows = [row for row in rows if set(row) == set(rows[0])]  # the same metrics from all
+        weights = np.array([float(row["num-examples"]) for row in rows])
+        return {k: float(np.average([float(row[k]) for row in rows], weights=weights))
+                for k in keys}
 
 
 def make_server_app(cfg_json: str | None = None, run_dir: str | None = None, resume: bool = False,
@@ -416,7 +686,11 @@ def run_flower(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     from flwr.simulation import run_simulation
 
     cfg_json = portable_config(cfg)
-    n_nodes = len(federation_for(cfg_json).threat.participants())
+    n_parts = len(federation_for(cfg_json).threat.participants())
+    n_nodes = len(node_bounds(n_parts, cfg.federation.flower_nodes))
+    if cfg.federation.flower_nodes is not None and cfg.federation.flower_nodes > n_nodes:
+        log.info("federation.flower_nodes=%d > %d participants: %d nodes of one client each",
+                 cfg.federation.flower_nodes, n_parts, n_nodes)
     results: dict[str, Any] = {}
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
