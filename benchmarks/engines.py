@@ -13,6 +13,8 @@ Variants, each measured in a fresh subprocess (so peak RSS is its own):
           reported separately), one supernode per client
 * ``c2``  the same with partition nodes: ``federation.flower_nodes`` = the CPUs Ray gets (one
           node per CPU, ``cpus_per_client: 1``), each computing its share of a round batched
+* ``a2s``, ``c2s``  ``a2`` and ``c2`` with ``federation.item_updates: sparse`` (each client's
+          item-table update as the rows it touched, as robust rules can take it)
 * ``f``   the floor: one plain batched forward/backward over the same 256 sequences
 
 Also times a full FedSGD epoch over all clients with ``a``.
@@ -46,10 +48,11 @@ sys.path.insert(0, str(ROOT))
 DEVICE = "cpu"  # set by --device (passed on to the child processes)
 
 
-def experiment(dataset: str, engine: str = "local", rounds: int | None = None, epochs: int = 1) -> dict:
+def experiment(dataset: str, engine: str = "local", rounds: int | None = None, epochs: int = 1,
+               item_updates: str = "dense") -> dict:
     """The DV-FSR-like setting: SASRec d=64, 2 blocks, 2 heads, max_len 200, FedSGD, 256/round."""
     fed = {"protocol": "fedsgd", "clients_per_round": 256, "server_lr": 1e-3, "engine": engine,
-           "eval_every": 1000}
+           "eval_every": 1000, "item_updates": item_updates}
     if rounds is not None:
         fed.update(rounds=rounds, epochs=None)
     else:
@@ -127,8 +130,9 @@ def _child(variant: str, dataset: str, rounds: int) -> dict:
         if variant == "a":
             tr = FederatedTrainer(fed, build_aggregator(cfg, model.item_param_names)) if r == 0 else tr
             tr.train_step(r)
-        elif variant == "a2":
-            stacked, _ = batched_updates(model, params, seqs, ids, rc, chunk_size=64)
+        elif variant in ("a2", "a2s"):
+            stacked, _ = batched_updates(model, params, seqs, ids, rc, chunk_size=64,
+                                         sparse_items=variant == "a2s")
             agg = build_aggregator(load_config(base={**experiment(dataset), "defense": {"name": "mean"}}),
                                    model.item_param_names)
             w = torch.tensor([num_examples(s) for s in seqs], dtype=torch.float64)
@@ -156,16 +160,16 @@ def _child(variant: str, dataset: str, rounds: int) -> dict:
             "width": int(max(min(len(s), 200) for s in seqs))}
 
 
-def flower(dataset: str, rounds: int, nodes: int | None = None) -> dict:
-    """Variant ``c`` (``nodes`` None: one supernode per client) or ``c2`` (``nodes`` partition
-    nodes of one CPU each)."""
+def flower(dataset: str, rounds: int, nodes: int | None = None, item_updates: str = "dense") -> dict:
+    """Variant ``c`` (``nodes`` None: one supernode per client) or ``c2``/``c2s`` (``nodes``
+    partition nodes of one CPU each; ``c2s`` with row-sparse item updates)."""
     import tempfile
 
     from fedrec.config import load_config
     from fedrec.results import RunDir
     from fedrec.runner import run_experiment
 
-    raw = experiment(dataset, engine="flower", rounds=rounds + 1)
+    raw = experiment(dataset, engine="flower", rounds=rounds + 1, item_updates=item_updates)
     if nodes is not None:
         raw["federation"].update(flower_nodes=nodes, cpus_per_client=1)
     cfg = load_config(base=raw)
@@ -192,7 +196,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["steam", "ml-1m"])
     ap.add_argument("--variants", nargs="+",
-                    default=["f", "a", "a2", "b", "b1", "c", "c2", "epoch"])
+                    default=["f", "a", "a2", "a2s", "b", "b1", "c", "c2", "c2s", "epoch"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "DATASET", "ROUNDS"))
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -203,8 +207,9 @@ def main() -> None:
         variant, dataset, rounds = args.child
         if variant == "c":
             res = flower(dataset, int(rounds))
-        elif variant == "c2":  # one partition node per CPU of the local Ray instance
-            res = {**flower(dataset, int(rounds), nodes=os.cpu_count() or 1),
+        elif variant in ("c2", "c2s"):  # one partition node per CPU of the local Ray instance
+            res = {**flower(dataset, int(rounds), nodes=os.cpu_count() or 1,
+                            item_updates="sparse" if variant == "c2s" else "dense"),
                    "nodes": os.cpu_count() or 1}
         else:
             res = child(variant, dataset, int(rounds))
@@ -223,7 +228,7 @@ def main() -> None:
             if floor and "round_s" in r:
                 row["x_floor"] = r["round_s"] / floor
             rows.append(row)
-        for other in ("b", "b1", "c", "c2"):
+        for other in ("b", "b1", "c", "c2", "c2s"):
             if "round_s" in res.get("a", {}) and "round_s" in res.get(other, {}):
                 rows.append({"dataset": ds, "variant": f"a vs {other}",
                              "speedup": res[other]["round_s"] / res["a"]["round_s"]})
