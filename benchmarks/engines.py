@@ -13,11 +13,14 @@ Variants, each measured in a fresh subprocess (so peak RSS is its own):
           reported separately), one supernode per client
 * ``c2``  the same with partition nodes: ``federation.flower_nodes`` = the CPUs Ray gets (one
           node per CPU, ``cpus_per_client: 1``), each computing its share of a round batched
+* ``a0``  ``a`` with glibc's default malloc thresholds (``FEDREC_MALLOC_TUNING=0``; see
+          ``fedrec/allocator.py``), to show what returning freed memory to the OS each round costs
 * ``a2s``, ``c2s``  ``a2`` and ``c2`` with ``federation.item_updates: sparse`` (each client's
           item-table update as the rows it touched, as robust rules can take it)
 * ``f``   the floor: one plain batched forward/backward over the same 256 sequences
 
-Also times a full FedSGD epoch over all clients with ``a``.
+Also times a full FedSGD epoch over all clients with ``a``. In-process variants also report the
+CPU seconds (user + system) and minor page faults of the median round.
 
 ``--device cuda`` (the GPU column) runs every variant with ``device: cuda``: the model and
 batches on the GPU, timings taken after ``torch.cuda.synchronize()``.
@@ -114,7 +117,7 @@ def _child(variant: str, dataset: str, rounds: int) -> dict:
     model = ctx.model
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     sched = fed.schedule
-    times = []
+    times, cpus, faults = [], [], []
     if variant == "epoch":
         tr = FederatedTrainer(fed, build_aggregator(cfg, model.item_param_names))
         t0 = clock()
@@ -126,8 +129,9 @@ def _child(variant: str, dataset: str, rounds: int) -> dict:
         ids = sched.clients(r)
         seqs = [ctx.split.train[int(c)] for c in ids]
         rc = RoundConfig(round=r, epoch=0, seed=cfg.seed)
+        u0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = clock()
-        if variant == "a":
+        if variant in ("a", "a0"):
             tr = FederatedTrainer(fed, build_aggregator(cfg, model.item_param_names)) if r == 0 else tr
             tr.train_step(r)
         elif variant in ("a2", "a2s"):
@@ -155,8 +159,12 @@ def _child(variant: str, dataset: str, rounds: int) -> dict:
             model.zero_grad()
             model.loss(batch).backward()
         times.append(clock() - t0)
+        u1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpus.append(u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime)
+        faults.append(u1.ru_minflt - u0.ru_minflt)
     med = statistics.median(times[1:])
     return {"round_s": med, "updates_per_s": 256 / med, "peak_mb": peak_mb(),
+            "cpu_s": statistics.median(cpus[1:]), "minflt": statistics.median(faults[1:]),
             "width": int(max(min(len(s), 200) for s in seqs))}
 
 
@@ -184,9 +192,11 @@ def flower(dataset: str, rounds: int, nodes: int | None = None, item_updates: st
 
 
 def run_child(args: list[str]) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if args[0] == "a0":
+        env["FEDREC_MALLOC_TUNING"] = "0"
     out = subprocess.run([sys.executable, __file__, "--device", DEVICE, "--child", *args],
-                         capture_output=True,
-                         text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                         capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -196,7 +206,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["steam", "ml-1m"])
     ap.add_argument("--variants", nargs="+",
-                    default=["f", "a", "a2", "a2s", "b", "b1", "c", "c2", "c2s", "epoch"])
+                    default=["f", "a", "a0", "a2", "a2s", "b", "b1", "c", "c2", "c2s", "epoch"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "DATASET", "ROUNDS"))
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -228,7 +238,7 @@ def main() -> None:
             if floor and "round_s" in r:
                 row["x_floor"] = r["round_s"] / floor
             rows.append(row)
-        for other in ("b", "b1", "c", "c2", "c2s"):
+        for other in ("a0", "b", "b1", "c", "c2", "c2s"):
             if "round_s" in res.get("a", {}) and "round_s" in res.get(other, {}):
                 rows.append({"dataset": ds, "variant": f"a vs {other}",
                              "speedup": res[other]["round_s"] / res["a"]["round_s"]})
