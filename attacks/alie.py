@@ -144,8 +144,8 @@ class ALIE(Attack):
 
     def _craft(self, model: SequentialRecommender, global_params: Mapping[str, torch.Tensor],
                client_id: int, threat: ThreatModel, rc: RoundConfig) -> Update:
-        benign = self.pool.stack(model, global_params, threat, rc)
-        mu, sigma = benign_mean_std(benign)
+        self.pool.stack(model, global_params, threat, rc)
+        mu, sigma = self.pool.derived("mean_std", benign_mean_std)
         z = self.z_for(threat)
         metrics = {"z": z}
         if self.targeted:

@@ -98,13 +98,15 @@ def fang_krum_update(benign: torch.Tensor, copies: int, f: int, tol: float = 1e-
         lam /= 2
 
 
-def fang_trmean_update(benign: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+def fang_trmean_update(benign: torch.Tensor, uniform: torch.Tensor,
+                       mean_std: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Fang's partial-knowledge attack on trimmed mean/median for one attacker.
 
     ``uniform`` ``[D]`` holds the attacker's ``U(0, 1)`` draws; the value of coordinate ``j`` is
     ``μ_j + (3 + u_j) σ_j`` when ``μ_j < 0``, ``μ_j − (3 + u_j) σ_j`` when ``μ_j > 0``.
+    ``mean_std``: ``benign_mean_std(benign)`` when the caller has it already.
     """
-    mu, sigma = benign_mean_std(benign)
+    mu, sigma = mean_std if mean_std is not None else benign_mean_std(benign)
     return mu - torch.sign(mu) * (3.0 + uniform) * sigma
 
 
@@ -141,8 +143,9 @@ class FangKrum(Attack):
 
     def _craft(self, model: SequentialRecommender, global_params: Mapping[str, torch.Tensor],
                client_id: int, threat: ThreatModel, rc: RoundConfig) -> Update:
-        benign = self.pool.stack(model, global_params, threat, rc)
-        vec, lam, picked = fang_krum_update(benign, self.copies, self.f, self.tol)
+        self.pool.stack(model, global_params, threat, rc)
+        vec, lam, picked = self.pool.derived(
+            "fang_krum", lambda benign: fang_krum_update(benign, self.copies, self.f, self.tol))
         return Update(unflatten_like(vec, global_params), account_examples(threat, client_id),
                       {"loss": self.pool.loss_of(client_id), "lambda": lam,
                        "selected": float(picked)})
@@ -168,7 +171,7 @@ class FangTrimmedMean(Attack):
         benign = self.pool.stack(model, global_params, threat, rc)
         rng = attack_rng(rc, client_id, STREAM_TAG)
         u = torch.from_numpy(rng.random(benign.shape[1])).to(benign.device)
-        vec = fang_trmean_update(benign, u)
+        vec = fang_trmean_update(benign, u, self.pool.derived("mean_std", benign_mean_std))
         return Update(unflatten_like(vec, global_params), account_examples(threat, client_id),
                       {"loss": self.pool.loss_of(client_id)})
 

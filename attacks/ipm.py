@@ -58,8 +58,9 @@ class IPM(Attack):
 
     def _craft(self, model: SequentialRecommender, global_params: Mapping[str, torch.Tensor],
                client_id: int, threat: ThreatModel, rc: RoundConfig) -> Update:
-        benign = self.pool.stack(model, global_params, threat, rc)
-        params = unflatten_like(ipm_update(benign, self.epsilon), global_params)
+        self.pool.stack(model, global_params, threat, rc)
+        vec = self.pool.derived("ipm", lambda benign: ipm_update(benign, self.epsilon))
+        params = unflatten_like(vec, global_params)
         return Update(params, account_examples(threat, client_id),
                       {"loss": self.pool.loss_of(client_id)})
 

@@ -130,8 +130,8 @@ class _AgrAgnostic(Attack):
 
     def _craft(self, model: SequentialRecommender, global_params: Mapping[str, torch.Tensor],
                client_id: int, threat: ThreatModel, rc: RoundConfig) -> Update:
-        benign = self.pool.stack(model, global_params, threat, rc)
-        vec, gamma = self.malicious_vector(benign)
+        self.pool.stack(model, global_params, threat, rc)
+        vec, gamma = self.pool.derived("malicious_vector", self.malicious_vector)
         return Update(unflatten_like(vec, global_params), account_examples(threat, client_id),
                       {"loss": self.pool.loss_of(client_id), "gamma": gamma})
 

@@ -72,6 +72,29 @@ def test_coalition_is_the_accounts_benign_updates_whoever_crafts(setup):
     assert torch.equal(flatten_update(back), vec.to(torch.float32).double())
 
 
+def test_coalition_derived_values_are_computed_once_per_round(setup):
+    _, model, params, threat = setup
+    pool = CoalitionPool()
+    with pytest.raises(RuntimeError, match="stack"):
+        pool.derived("x", lambda b: b.sum())
+    calls = []
+
+    def mean(b):
+        calls.append(1)
+        return b.mean(0)
+
+    rc0, rc1 = RoundConfig(round=0, epoch=0, seed=1), RoundConfig(round=1, epoch=0, seed=1)
+    for _ in range(3):  # three attackers of round 0
+        b0 = pool.stack(model, params, threat, rc0)
+        m0 = pool.derived("mean", mean)
+    assert len(calls) == 1
+    torch.testing.assert_close(m0, _coalition(model, params, threat, rc0).mean(0))
+    b1 = pool.stack(model, params, threat, rc1)  # a new round: the pool and its values anew
+    m1 = pool.derived("mean", mean)
+    assert len(calls) == 2 and not torch.equal(b0, b1)
+    torch.testing.assert_close(m1, b1.mean(0))
+
+
 # ----------------------------------------------------------------------------- ALIE
 
 
