@@ -69,12 +69,16 @@ def krum_picks_crafted(benign: torch.Tensor, crafted: torch.Tensor, copies: int,
     return int(torch.sort(scores, stable=True).indices[0]) >= benign.shape[0]
 
 
-def fang_krum_lambda_bound(benign: torch.Tensor, f: int) -> float:
-    """The paper's upper bound on ``λ`` (update space; see module docstring)."""
+def fang_krum_lambda_bound(benign: torch.Tensor, f: int,
+                           sq_dists: torch.Tensor | None = None) -> float:
+    """The paper's upper bound on ``λ`` (update space; see module docstring).
+
+    ``sq_dists``: the benign rows' squared pairwise distances, when the caller has them.
+    """
     m, d = benign.shape
     if m < 2:
         return float(torch.linalg.vector_norm(benign[0])) / math.sqrt(d)
-    dist = torch.cdist(benign, benign)
+    dist = (torch.cdist(benign, benign) if sq_dists is None else sq_dists.clamp_min(0).sqrt()).clone()
     dist.fill_diagonal_(float("inf"))
     k = max(1, min(m - 1, m - f - 2))
     near = dist.topk(k, dim=1, largest=False).values.mean(dim=1).min()
@@ -82,19 +86,41 @@ def fang_krum_lambda_bound(benign: torch.Tensor, f: int) -> float:
     return float(near + far) / math.sqrt(d)
 
 
+def _krum_picks_on_line(bb: torch.Tensor, b_sq: torch.Tensor, b_dot_s: torch.Tensor,
+                        s_sq: float, lam: float, copies: int, f: int) -> bool:
+    """:func:`krum_picks_crafted` for the upload ``−λ s`` from precomputed inner products:
+    ``‖b_i + λ s‖² = ‖b_i‖² + 2λ b_i·s + λ² ‖s‖²``, so each ``λ`` costs ``O(m²)`` instead of a
+    new ``O(m² D)`` distance matrix."""
+    m = bb.shape[0]
+    cross = (b_sq + 2.0 * lam * b_dot_s + lam * lam * s_sq).clamp_min(0)
+    sq = bb.new_zeros((m + copies, m + copies))
+    sq[:m, :m] = bb
+    sq[:m, m:] = cross[:, None]
+    sq[m:, :m] = cross[None, :]
+    scores = krum_scores_k(sq, f)
+    return int(torch.sort(scores, stable=True).indices[0]) >= m
+
+
 def fang_krum_update(benign: torch.Tensor, copies: int, f: int, tol: float = 1e-5
                      ) -> tuple[torch.Tensor, float, bool]:
     """``(−λ s, λ, selected)``: the crafted upload, its ``λ``, and whether the simulated Krum
-    picks it."""
+    picks it.
+
+    The benign rows' distances and inner products with ``s`` are computed once; each halving of
+    ``λ`` then re-scores Krum in ``O(m²)`` (:func:`_krum_picks_on_line`).
+    """
     s = torch.sign(benign.mean(dim=0))
-    lam0 = fang_krum_lambda_bound(benign, f)
+    b_sq = (benign * benign).sum(dim=1)
+    bb = (b_sq[:, None] + b_sq[None, :] - 2.0 * benign @ benign.T).clamp_min(0)
+    bb.fill_diagonal_(0.0)
+    b_dot_s, s_sq = benign @ s, float(s @ s)
+    lam0 = fang_krum_lambda_bound(benign, f, bb)
     lam = lam0
     while True:
-        crafted = -lam * s
-        if krum_picks_crafted(benign, crafted, copies, f):
-            return crafted, lam, True
+        if _krum_picks_on_line(bb, b_sq, b_dot_s, s_sq, lam, copies, f):
+            return -lam * s, lam, True
         if lam < tol * lam0 or lam0 == 0:
-            return crafted, lam, False
+            return -lam * s, lam, False
         lam /= 2
 
 

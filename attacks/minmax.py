@@ -78,18 +78,61 @@ def min_sum_ok(benign: torch.Tensor) -> Callable[[torch.Tensor], bool]:
     return ok
 
 
-def search_gamma(ok: Callable[[torch.Tensor], bool], mu: torch.Tensor, p: torch.Tensor,
-                 gamma_init: float = 10.0, tau: float = 1e-5) -> float:
-    """The paper's search for the largest ``γ`` with ``ok(μ − γ p)`` (0 when none succeeds)."""
+def pairwise_sq_dists(benign: torch.Tensor) -> torch.Tensor:
+    """``‖b_i − b_j‖²`` for the rows of ``benign`` ``[m, D]`` (one Gram matrix; zero diagonal)."""
+    sq = (benign * benign).sum(dim=1)
+    out = (sq[:, None] + sq[None, :] - 2.0 * benign @ benign.T).clamp_min(0)
+    return out.fill_diagonal_(0.0)
+
+
+def min_max_line(benign: torch.Tensor, mu: torch.Tensor, p: torch.Tensor
+                 ) -> Callable[[float], bool]:
+    """:func:`min_max_ok` along the search line ``m = μ − γ p``, in ``O(m)`` per ``γ``:
+    ``‖b_i − m‖² = ‖b_i − μ‖² + 2γ (b_i − μ)·p + γ² ‖p‖²`` against the largest squared benign
+    distance."""
+    c = benign - mu
+    cc, cp, pp = (c * c).sum(dim=1), c @ p, float(p @ p)
+    bound = float(pairwise_sq_dists(benign).max())
+
+    def ok(gamma: float) -> bool:
+        return float((cc + 2.0 * gamma * cp + gamma * gamma * pp).max()) <= bound
+
+    return ok
+
+
+def min_sum_line(benign: torch.Tensor, mu: torch.Tensor, p: torch.Tensor
+                 ) -> Callable[[float], bool]:
+    """:func:`min_sum_ok` along ``m = μ − γ p``, in ``O(1)`` per ``γ`` (sums of the terms of
+    :func:`min_max_line`)."""
+    c = benign - mu
+    cc, cp, pp = float((c * c).sum()), float((c @ p).sum()), float(p @ p)
+    m = benign.shape[0]
+    bound = float(pairwise_sq_dists(benign).sum(dim=1).max())
+
+    def ok(gamma: float) -> bool:
+        return cc + 2.0 * gamma * cp + m * gamma * gamma * pp <= bound
+
+    return ok
+
+
+def search_gamma_line(ok: Callable[[float], bool], gamma_init: float = 10.0,
+                      tau: float = 1e-5) -> float:
+    """The paper's search for the largest ``γ`` with ``ok(γ)`` (0 when none succeeds)."""
     gamma, step, best = float(gamma_init), float(gamma_init) / 2, 0.0
     while step > tau:
-        if ok(mu - gamma * p):
+        if ok(gamma):
             best = max(best, gamma)
             gamma += step
         else:
             gamma -= step
         step /= 2
     return best
+
+
+def search_gamma(ok: Callable[[torch.Tensor], bool], mu: torch.Tensor, p: torch.Tensor,
+                 gamma_init: float = 10.0, tau: float = 1e-5) -> float:
+    """The paper's search for the largest ``γ`` with ``ok(μ − γ p)`` (0 when none succeeds)."""
+    return search_gamma_line(lambda gamma: ok(mu - gamma * p), gamma_init, tau)
 
 
 class _AgrAgnostic(Attack):
@@ -107,7 +150,8 @@ class _AgrAgnostic(Attack):
         Multiplies the update.
     """
 
-    condition: Callable[[torch.Tensor], Callable[[torch.Tensor], bool]]
+    #: ``(benign, μ, p) -> ok(γ)``: the condition along the search line
+    line_condition: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Callable[[float], bool]]
 
     def __init__(self, direction: str = "std", gamma_init: float = 10.0, tau: float = 1e-5,
                  scale: float = 1.0) -> None:
@@ -125,7 +169,8 @@ class _AgrAgnostic(Attack):
         """``(μ − γ p, γ)`` for benign updates ``[m, D]``."""
         mu = benign.mean(dim=0)
         p = perturbation(benign, self.direction)
-        gamma = search_gamma(type(self).condition(benign), mu, p, self.gamma_init, self.tau)
+        ok = type(self).line_condition(benign, mu, p)
+        gamma = search_gamma_line(ok, self.gamma_init, self.tau)
         return mu - gamma * p, gamma
 
     def _craft(self, model: SequentialRecommender, global_params: Mapping[str, torch.Tensor],
@@ -140,14 +185,15 @@ class MinMax(_AgrAgnostic):
     """Min-Max (see module docstring)."""
 
     name = "min_max"
-    condition = staticmethod(min_max_ok)
+    line_condition = staticmethod(min_max_line)
 
 
 class MinSum(_AgrAgnostic):
     """Min-Sum (see module docstring)."""
 
     name = "min_sum"
-    condition = staticmethod(min_sum_ok)
+    line_condition = staticmethod(min_sum_line)
 
 
-__all__ = ["MinMax", "MinSum", "min_max_ok", "min_sum_ok", "perturbation", "search_gamma"]
+__all__ = ["MinMax", "MinSum", "min_max_line", "min_max_ok", "min_sum_line", "min_sum_ok",
+           "pairwise_sq_dists", "perturbation", "search_gamma", "search_gamma_line"]

@@ -9,10 +9,23 @@ from helpers import param_copy, small_model
 
 from attacks.alie import alie_update, alie_z, expected_per_round, project_box
 from attacks.coalition import CoalitionPool, flatten_update, unflatten_like
-from attacks.fang import fang_krum_update, fang_trmean_update, krum_picks_crafted
+from attacks.fang import (
+    _krum_picks_on_line,
+    fang_krum_update,
+    fang_trmean_update,
+    krum_picks_crafted,
+)
 from attacks.flipping import mirror_map, popularity_map
 from attacks.ipm import ipm_update
-from attacks.minmax import min_max_ok, min_sum_ok, perturbation, search_gamma
+from attacks.minmax import (
+    min_max_line,
+    min_max_ok,
+    min_sum_line,
+    min_sum_ok,
+    perturbation,
+    search_gamma,
+    search_gamma_line,
+)
 from attacks.registry import build_attack
 from attacks.threat import build_threat_model
 from clients.update import RoundConfig, client_torch_rng, client_update
@@ -188,6 +201,21 @@ def test_min_sum_reaches_the_sum_of_squares_bound():
     assert total == pytest.approx(bound, rel=1e-4)
 
 
+@pytest.mark.parametrize("direction", ["unit", "std", "sign"])
+def test_line_conditions_equal_the_general_ones(direction):
+    """The O(m)-per-step line search finds the gamma of the search on full vectors."""
+    benign = _toy_stack(2, m=12, d=90)
+    mu, p = benign.mean(0), perturbation(benign, direction)
+    for line, general in ((min_max_line, min_max_ok), (min_sum_line, min_sum_ok)):
+        fast = search_gamma_line(line(benign, mu, p), gamma_init=10.0, tau=1e-7)
+        slow = search_gamma(general(benign), mu, p, gamma_init=10.0, tau=1e-7)
+        assert fast > 0
+        assert fast == pytest.approx(slow, rel=1e-6, abs=1e-6)
+        ok = line(benign, mu, p)
+        for gamma in (0.0, fast / 2, fast * 0.999, fast * 1.01, 2 * fast):
+            assert ok(gamma) == general(benign)(mu - gamma * p)
+
+
 def test_min_max_attack_uses_the_coalition(setup):
     _, model, params, threat = setup
     rc = RoundConfig(round=0, epoch=0, seed=5)
@@ -216,6 +244,22 @@ def test_fang_krum_upload_is_selected_by_krum_on_a_constructed_round():
     assert info.kept.nonzero().flatten().tolist()[0] >= 10  # Krum keeps a crafted upload
     # a large lambda is not selected: the search had to shrink it
     assert not krum_picks_crafted(benign, -100 * lam * torch.sign(benign.mean(0)), 3, 3)
+
+
+def test_fang_krum_line_scores_equal_krum_on_the_stacked_round():
+    g = torch.Generator().manual_seed(5)
+    benign = torch.randn(9, 120, generator=g, dtype=torch.float64) + 0.3
+    s = torch.sign(benign.mean(0))
+    b_sq = (benign * benign).sum(1)
+    bb = torch.cdist(benign, benign) ** 2
+    seen = set()
+    for lam in (0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 10.0):
+        for copies, f in ((1, 2), (3, 3)):
+            want = krum_picks_crafted(benign, -lam * s, copies, f)
+            got = _krum_picks_on_line(bb, b_sq, benign @ s, float(s @ s), lam, copies, f)
+            assert got == want, (lam, copies, f)
+            seen.add(want)
+    assert seen == {True, False}  # both outcomes occur along the line
 
 
 def test_fang_trmean_values_lie_three_to_four_deviations_against_the_mean():
