@@ -144,6 +144,14 @@ def benign_mean_std(benign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return benign.mean(dim=0), benign.std(dim=0, unbiased=False)
 
 
+def pairwise_sq_dists(benign: torch.Tensor) -> torch.Tensor:
+    """``‖b_i − b_j‖²`` for the rows of ``benign`` ``[m, D]`` from one Gram matrix (zero
+    diagonal; no ``[m, D]`` temporary)."""
+    sq = torch.linalg.vector_norm(benign, dim=1) ** 2
+    out = (sq[:, None] + sq[None, :] - 2.0 * benign @ benign.T).clamp_min(0)
+    return out.fill_diagonal_(0.0)
+
+
 def max_pairwise_distance(benign: torch.Tensor) -> float:
     """``max_{i,j} ‖b_i − b_j‖`` over the rows of ``benign`` (0 for one row)."""
     if benign.shape[0] < 2:
@@ -152,4 +160,4 @@ def max_pairwise_distance(benign: torch.Tensor) -> float:
 
 
 __all__ = ["CoalitionPool", "benign_mean_std", "flatten_update", "max_pairwise_distance",
-           "member_update", "unflatten_like"]
+           "member_update", "pairwise_sq_dists", "unflatten_like"]

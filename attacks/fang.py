@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from attacks.base import Attack
-from attacks.coalition import CoalitionPool, benign_mean_std, unflatten_like
+from attacks.coalition import CoalitionPool, benign_mean_std, pairwise_sq_dists, unflatten_like
 from attacks.common import account_examples, attack_rng
 from clients.update import RoundConfig, Update
 from fedrec.models import SequentialRecommender
@@ -110,9 +110,8 @@ def fang_krum_update(benign: torch.Tensor, copies: int, f: int, tol: float = 1e-
     ``λ`` then re-scores Krum in ``O(m²)`` (:func:`_krum_picks_on_line`).
     """
     s = torch.sign(benign.mean(dim=0))
-    b_sq = (benign * benign).sum(dim=1)
-    bb = (b_sq[:, None] + b_sq[None, :] - 2.0 * benign @ benign.T).clamp_min(0)
-    bb.fill_diagonal_(0.0)
+    bb = pairwise_sq_dists(benign)
+    b_sq = torch.linalg.vector_norm(benign, dim=1) ** 2
     b_dot_s, s_sq = benign @ s, float(s @ s)
     lam0 = fang_krum_lambda_bound(benign, f, bb)
     lam = lam0

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from attacks.base import Attack
-from attacks.coalition import CoalitionPool, benign_mean_std, unflatten_like
+from attacks.coalition import CoalitionPool, benign_mean_std, pairwise_sq_dists, unflatten_like
 from attacks.common import account_examples
 from clients.update import RoundConfig, Update
 from fedrec.models import SequentialRecommender
@@ -78,11 +78,13 @@ def min_sum_ok(benign: torch.Tensor) -> Callable[[torch.Tensor], bool]:
     return ok
 
 
-def pairwise_sq_dists(benign: torch.Tensor) -> torch.Tensor:
-    """``‖b_i − b_j‖²`` for the rows of ``benign`` ``[m, D]`` (one Gram matrix; zero diagonal)."""
-    sq = (benign * benign).sum(dim=1)
-    out = (sq[:, None] + sq[None, :] - 2.0 * benign @ benign.T).clamp_min(0)
-    return out.fill_diagonal_(0.0)
+def _line_terms(benign: torch.Tensor, mu: torch.Tensor, p: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(‖b_i − μ‖², (b_i − μ)·p, ‖p‖²)`` from inner products of the rows (no ``[m, D]``
+    temporary)."""
+    b_mu = benign @ mu
+    cc = (torch.linalg.vector_norm(benign, dim=1) ** 2 - 2.0 * b_mu + mu @ mu).clamp_min(0)
+    return cc, benign @ p - mu @ p, float(p @ p)
 
 
 def min_max_line(benign: torch.Tensor, mu: torch.Tensor, p: torch.Tensor
@@ -90,8 +92,7 @@ def min_max_line(benign: torch.Tensor, mu: torch.Tensor, p: torch.Tensor
     """:func:`min_max_ok` along the search line ``m = μ − γ p``, in ``O(m)`` per ``γ``:
     ``‖b_i − m‖² = ‖b_i − μ‖² + 2γ (b_i − μ)·p + γ² ‖p‖²`` against the largest squared benign
     distance."""
-    c = benign - mu
-    cc, cp, pp = (c * c).sum(dim=1), c @ p, float(p @ p)
+    cc, cp, pp = _line_terms(benign, mu, p)
     bound = float(pairwise_sq_dists(benign).max())
 
     def ok(gamma: float) -> bool:
@@ -104,8 +105,8 @@ def min_sum_line(benign: torch.Tensor, mu: torch.Tensor, p: torch.Tensor
                  ) -> Callable[[float], bool]:
     """:func:`min_sum_ok` along ``m = μ − γ p``, in ``O(1)`` per ``γ`` (sums of the terms of
     :func:`min_max_line`)."""
-    c = benign - mu
-    cc, cp, pp = float((c * c).sum()), float((c @ p).sum()), float(p @ p)
+    terms = _line_terms(benign, mu, p)
+    cc, cp, pp = float(terms[0].sum()), float(terms[1].sum()), terms[2]
     m = benign.shape[0]
     bound = float(pairwise_sq_dists(benign).sum(dim=1).max())
 
@@ -196,4 +197,4 @@ class MinSum(_AgrAgnostic):
 
 
 __all__ = ["MinMax", "MinSum", "min_max_line", "min_max_ok", "min_sum_line", "min_sum_ok",
-           "pairwise_sq_dists", "perturbation", "search_gamma", "search_gamma_line"]
+           "perturbation", "search_gamma", "search_gamma_line"]
