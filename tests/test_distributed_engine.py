@@ -64,6 +64,6 @@ def test_distributed_equals_local(over):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     for n, v in local.params.items():
         torch.testing.assert_close(dist.params[n], v, atol=1e-5, rtol=1e-5)
-    moved = sum(float((local.params[n] - p).abs().max())
+    moved = sum(float((local.params[n] - p.detach()).abs().max())
                 for n, p in local.ctx.model.named_parameters())
     assert moved > 1e-3  # the rounds did change the model
