@@ -128,6 +128,11 @@ class Defense(ABC):
     #: them first. Either way the result equals the dense one.
     sparse_rows: ClassVar[bool] = False
 
+    def min_clients(self) -> int:
+        """The fewest updates a round must hold for this rule's parameters (engines check the
+        schedule's smallest round against it before training)."""
+        return 1
+
     def coefficients(self, weights: Tensor) -> Tensor:
         """Per-client coefficients of a linear rule (``result = sum_i c_i * update_i``).
 

@@ -157,6 +157,10 @@ class Krum(Defense):
     def __init__(self, f: int) -> None:
         self.f = _check_f(self.name, f)
 
+    def min_clients(self) -> int:
+        """``2f + 3`` (Krum needs ``2f + 2 < n``)."""
+        return 2 * self.f + 3
+
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
     ) -> tuple[dict[str, Tensor], AggregationInfo]:
@@ -193,6 +197,10 @@ class MultiKrum(Defense):
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise ConfigError(f"defense.multi_krum.m={m!r}: expected an integer >= 1 or None")
         self.m = m
+
+    def min_clients(self) -> int:
+        """``2f + 3`` (Multi-Krum needs ``2f + 2 < n``)."""
+        return 2 * self.f + 3
 
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
@@ -232,6 +240,10 @@ class Bulyan(Defense):
 
     def __init__(self, f: int) -> None:
         self.f = _check_f(self.name, f)
+
+    def min_clients(self) -> int:
+        """``4f + 3``."""
+        return 4 * self.f + 3
 
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext

@@ -364,6 +364,10 @@ class ItemwiseKrum(_ItemWise):
             raise ConfigError(f"defense.itemwise_krum.f={f!r}: expected an integer >= 0")
         self.f = f
 
+    def min_clients(self) -> int:
+        """``2f + 3`` (whole-vector Krum on the non-item parameters)."""
+        return 2 * self.f + 3
+
     def _row_fn(self, n: int) -> RowFn:
         return make_row_krum(self.f)
 

@@ -122,3 +122,28 @@ def test_fltrust_gets_the_servers_root_update(tmp_path, protocol):
     recs = RunDir(tmp_path / "r").read_metrics()
     assert all("train/defense/trusted" in r for r in recs)
     assert np.isfinite(summary["test"]["full/HR@10"])
+
+
+def test_a_rule_too_big_for_the_last_round_is_refused_before_training(tmp_path):
+    """60 clients in rounds of 25: the last round of each epoch holds 10. Krum with f=4
+    needs 2f+2 < n, i.e. 11 clients: refused at start with one line, before any round."""
+    from fedrec.errors import ConfigError
+
+    bad = _cfg(**{"defense.name": "krum", "defense.params": {"f": 4}, "federation.epochs": 1})
+    with pytest.raises(ConfigError, match=r"at least 11 clients in a round.*has 10 \(60 clients "
+                                          r"in rounds of 25\)"):
+        run_experiment(bad, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists() or not RunDir(tmp_path / "bad").read_metrics()
+    ok = _cfg(**{"defense.name": "krum", "defense.params": {"f": 3}, "federation.epochs": 1})
+    run_experiment(ok, tmp_path / "ok", progress=False)  # 2f+2 = 8 < 10: runs
+    assert len(RunDir(tmp_path / "ok").read_metrics()) >= 3
+
+
+def test_min_clients_of_the_f_rules():
+    from defenses.registry import build_defense
+
+    assert build_defense("krum", {"f": 4}).min_clients() == 11
+    assert build_defense("multi_krum", {"f": 4}).min_clients() == 11
+    assert build_defense("bulyan", {"f": 2}).min_clients() == 11
+    assert build_defense("itemwise_krum", {"f": 1}).min_clients() == 5
+    assert build_defense("mean", {}).min_clients() == 1

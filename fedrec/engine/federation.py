@@ -63,6 +63,26 @@ def build_aggregator(cfg: ExperimentConfig, item_param_names: tuple[str, ...],
                             max_update_norm=fc.max_update_norm)
 
 
+def check_round_size(aggregator: ServerAggregator, schedule: RoundSchedule, rule: str) -> None:
+    """Refuse, before any round runs, a rule whose parameters need more clients than the
+    schedule's smallest round holds (e.g. Krum's ``2f + 2 < n`` in the short last round of an
+    epoch).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the rule, what it needs and the round sizes.
+    """
+    need = aggregator.defense.min_clients()
+    small = schedule.smallest_round()
+    if small < need:
+        n = len(schedule.participants)
+        raise ConfigError(
+            f"defense.name={rule!r}: its parameters need at least {need} clients in a round, but "
+            f"the last round of each epoch has {small} ({n} clients in rounds of "
+            f"{schedule.size}); lower the rule's f or change federation.clients_per_round")
+
+
 @dataclass
 class Federation:
     """Everything both engines derive from a config: data/model, threat model, attack, schedule."""
@@ -165,6 +185,7 @@ class FederatedTrainerBase(Trainer):
         self.fed = fed
         self.ctx = fed.ctx
         self.aggregator = aggregator
+        check_round_size(aggregator, fed.schedule, self.ctx.cfg.defense.name)
         self.params: Params = {n: p.detach().clone() for n, p in self.ctx.model.named_parameters()}
         if self.ctx.cfg.federation.init_from is not None:  # the converged protocol
             self.params = load_initial_params(self.ctx.cfg.federation.init_from, self.params)

@@ -40,6 +40,13 @@ class RoundSchedule:
         self.n_rounds = rounds if rounds is not None else (epochs or 1) * self.rounds_per_epoch
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, its shuffled participants)
 
+    def smallest_round(self) -> int:
+        """Clients in the smallest round that runs (the last of an epoch when the participants
+        do not divide into full rounds and the run reaches it)."""
+        if self.n_rounds < self.rounds_per_epoch:
+            return self.size
+        return len(self.participants) % self.size or self.size
+
     def epoch_of(self, round_idx: int) -> int:
         """Epoch of a round."""
         return round_idx // self.rounds_per_epoch
