@@ -195,7 +195,7 @@ def test_unified_lm_layout_and_it_learns_to_caption_and_generate():
     data = [([0, 1], "a digit one"), ([3, 4, 4], "a digit two")]
     seqs = pad_batch([build_sequence(vocab, c, t, f) for c, t in data for f in (True, False)])
     opt = torch.optim.Adam(lm.parameters(), lr=1e-2)
-    first = float(lm.loss(seqs))
+    first = float(lm.loss(seqs).detach())
     for _ in range(150):
         loss = lm.loss(seqs)
         opt.zero_grad()
