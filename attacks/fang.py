@@ -78,7 +78,8 @@ def fang_krum_lambda_bound(benign: torch.Tensor, f: int,
     m, d = benign.shape
     if m < 2:
         return float(torch.linalg.vector_norm(benign[0])) / math.sqrt(d)
-    dist = (torch.cdist(benign, benign) if sq_dists is None else sq_dists.clamp_min(0).sqrt()).clone()
+    dist = torch.cdist(benign, benign) if sq_dists is None else sq_dists.clamp_min(0).sqrt()
+    dist = dist.clone()
     dist.fill_diagonal_(float("inf"))
     k = max(1, min(m - 1, m - f - 2))
     near = dist.topk(k, dim=1, largest=False).values.mean(dim=1).min()

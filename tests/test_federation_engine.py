@@ -133,7 +133,8 @@ def test_a_rule_too_big_for_the_last_round_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"at least 11 clients in a round.*has 10 \(60 clients "
                                           r"in rounds of 25\)"):
         run_experiment(bad, tmp_path / "bad", progress=False)
-    assert not (tmp_path / "bad" / "metrics.jsonl").exists() or not RunDir(tmp_path / "bad").read_metrics()
+    bad_dir = tmp_path / "bad"
+    assert not (bad_dir / "metrics.jsonl").exists() or not RunDir(bad_dir).read_metrics()
     ok = _cfg(**{"defense.name": "krum", "defense.params": {"f": 3}, "federation.epochs": 1})
     run_experiment(ok, tmp_path / "ok", progress=False)  # 2f+2 = 8 < 10: runs
     assert len(RunDir(tmp_path / "ok").read_metrics()) >= 3
