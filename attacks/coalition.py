@@ -16,7 +16,8 @@ crafts, in whichever engine. The pool of a round is memoised per process
 so the pool is computed once per round; a Flower ClientApp recomputes it (same numbers). What
 the attackers derive from the pool alone (ALIE's mean and deviation, Min-Max's vector, Fang's
 Krum vector) is memoised with it (:meth:`CoalitionPool.derived`): with 10 % attackers on Steam
-(375 accounts, ~23 in a round) recomputing it per attacker made a round 40 s.
+(375 accounts, ~23 in a round) recomputing it per attacker made a round ~40 s (a profile of
+one round; docs/benchmarks.md has the per-craft costs measured after the change).
 
 Everything here works on flattened update vectors (``float64`` ``[m, D]``, key order of the
 benign layout); :func:`unflatten_like` maps a vector back to the update layout.
