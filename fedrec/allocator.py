@@ -5,7 +5,8 @@ scores of a length bucket: ``[B, heads, L, L]``, tens of MB). glibc's ``malloc``
 above its mmap threshold with a fresh ``mmap`` and unmaps them on ``free``, and trims the top of
 its heap when more than the trim threshold is free there, so each round the kernel hands the
 same memory back page by page: on an ml-1m FedSGD round of 256 clients (SASRec, max_len 200)
-that was 65,000–100,000 minor page faults and 0.12–0.19 s of system time in a ~0.6 s round.
+that was 91,156 minor page faults and a 1.6× slower round (``benchmarks/engines.py``, variant
+``a0`` against ``a``; docs/benchmarks.md).
 :func:`keep_freed_memory` raises both thresholds with ``mallopt`` (the documented glibc knobs
 ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``, also settable as ``MALLOC_MMAP_THRESHOLD_`` /
 ``MALLOC_TRIM_THRESHOLD_`` in the environment), so freed blocks are reused by the next round.
