@@ -116,6 +116,9 @@ def bench(
     progress: Annotated[bool, typer.Option(help="Show the grid's progress bar.")] = True,
     dry_run: Annotated[bool, typer.Option(help="List the cells and exit.")] = False,
     report: Annotated[bool, typer.Option(help="Render report.md and the plots at the end.")] = True,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help="Run only the cells whose config has KEY=VALUE (repeatable, all must hold), "
+                       "e.g. --only seed=0 --only defense.name=krum; ids stay the grid's.")] = None,
 ) -> None:
     """Run a grid of experiments as Ray tasks; resumable; writes a tidy table and a report.
 
@@ -126,13 +129,17 @@ def bench(
     """
     setup_logging(verbose)
     from fedrec.bench.execute import cell_dir, run_grid
-    from fedrec.bench.grid import load_grid
+    from fedrec.bench.grid import load_grid, select_cells
 
     try:
         spec = load_grid(grid, set_ or [])
         cells = spec.cells()
         if not cells:
             raise FedRecError(f"{spec.source}: the grid has no cells")
+        if only:
+            cells = select_cells(cells, only)
+            if not cells:
+                raise FedRecError(f"{spec.source}: no cell has {' and '.join(only)}")
         folder = out or Path(str(spec.base.get("output_dir", "runs"))) / spec.name
         if dry_run:
             for c in cells:

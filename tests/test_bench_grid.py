@@ -15,6 +15,7 @@ from fedrec.bench.grid import (
     load_grid,
     parse_grid,
     resolve_grid_path,
+    select_cells,
 )
 from fedrec.errors import ConfigError
 
@@ -104,6 +105,31 @@ def test_sub_mapping_axis_replaces_the_section_and_rules_can_look_inside():
     assert ("none", "trimmed_mean") not in by
     cid = by[("dvfsr", "trimmed_mean")].cell_id
     assert "trimmed_mean" in cid and "beta0.1" in cid
+
+
+def test_only_selects_a_slice_with_the_grid_ids():
+    axes = {"attack.name": ["none", "dvfsr"],
+            "defense": [{"name": "mean"}, {"name": "trimmed_mean", "params": {"beta": 0.1}}],
+            "seed": [0, 1]}
+    cells = grid(axes).cells()
+    ids = {c.cell_id for c in cells}
+    part = select_cells(cells, ["seed=0", "defense.name=trimmed_mean"])
+    assert [(c.config.attack.name, c.config.seed) for c in part] == [("dvfsr", 0), ("none", 0)][::-1]
+    assert {c.cell_id for c in part} <= ids
+    # values are compared as parsed YAML, sections as a whole, defaults included
+    assert len(select_cells(cells, ["defense.params={beta: 0.1}"])) == 4
+    assert len(select_cells(cells, ["defense.params={}"])) == 4
+    assert len(select_cells(cells, ["federation.epochs=1"])) == 8
+    assert select_cells(cells, ["seed=7"]) == []
+    assert select_cells(cells, []) == cells
+
+
+@pytest.mark.parametrize("only, named", [("seed", "expected KEY=VALUE"),
+                                         ("sed=0", "did you mean 'seed'")])
+def test_only_bad_selector_is_one_line_naming_it(only, named):
+    cells = grid({"seed": [0, 1]}).cells()
+    with pytest.raises(ConfigError, match=named):
+        select_cells(cells, [only])
 
 
 def test_cell_ids_are_stable_safe_and_track_the_config(tmp_path: Path):

@@ -189,11 +189,19 @@ def test_cli_bench_inline_report_and_dry_run(tmp_path):
     grid_file = tmp_path / "g.yaml"
     grid_file.write_text(yaml.safe_dump({"base": TINY, "axes": {"seed": [0, 1]}}))
     runner = CliRunner()
+    # a slice first (--only): the full grid then runs only the rest
+    res = runner.invoke(app, ["bench", str(grid_file), "--out", str(tmp_path / "o"),
+                              "--ray-address", "inline", "--no-progress", "--set",
+                              "federation.epochs=1", "--only", "seed=1", "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert "1 cells: 1 run, 0 already finished, 0 failed" in res.output
+    res = runner.invoke(app, ["bench", str(grid_file), "--only", "seed=3", "--dry-run"])
+    assert res.exit_code == 2 and "no cell has seed=3" in res.output
     res = runner.invoke(app, ["bench", str(grid_file), "--out", str(tmp_path / "o"),
                               "--ray-address", "inline", "--no-progress", "--set",
                               "federation.epochs=1"])
     assert res.exit_code == 0, res.output
-    assert "2 cells: 2 run, 0 already finished, 0 failed" in res.output
+    assert "2 cells: 1 run, 1 already finished, 0 failed" in res.output
     assert "attack \\ defense" in res.output and "report: " in res.output
     assert (tmp_path / "o" / "results.parquet").is_file()
     text = (tmp_path / "o" / "report.md").read_text()

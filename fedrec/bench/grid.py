@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fedrec.config import (
@@ -49,6 +50,7 @@ from fedrec.config import (
     apply_overrides,
     check_component_name,
     check_finite,
+    parse_yaml,
     read_yaml,
     set_key_path,
     validate_config,
@@ -565,6 +567,41 @@ def parse_grid(raw: dict[str, Any], source: str = "grid", base_dir: Path | None 
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {what}[{i}]: {exc}") from None
     return grid
+
+
+def select_cells(cells: list[Cell], only: list[str]) -> list[Cell]:
+    """The cells whose config has every ``KEY=VALUE`` of ``only`` (a slice of a grid).
+
+    ``KEY`` is a dotted config key (``seed``, ``defense.name``, ``attack.knowledge.budget``);
+    ``VALUE`` is parsed as YAML, as ``--set`` values are. The cells keep their grid ids, so a
+    slice run into the grid's folder is part of the full grid and a later full run skips it.
+
+    Raises
+    ------
+    ConfigError
+        A malformed ``KEY=VALUE`` or a key that is not a config key.
+    """
+    wanted: list[tuple[str, Any]] = []
+    for text in only:
+        if "=" not in text:
+            raise ConfigError(f"--only {text!r}: expected KEY=VALUE, e.g. seed=0 or defense.name=krum")
+        key, raw = text.split("=", 1)
+        key = check_key(key.strip(), f"--only {text!r}")
+        try:
+            value = parse_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        wanted.append((key, value))
+    return [c for c in cells
+            if all(canonical(config_value(c, k)) == canonical(v) for k, v in wanted)]
+
+
+def config_value(cell: Cell, key: str) -> Any:
+    """The value at dotted ``key`` of a cell's validated config (defaults filled in)."""
+    node: Any = cell.config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+    return node.model_dump() if isinstance(node, BaseModel) else node
 
 
 def load_grid(grid: str | Path, overrides: list[str] | None = None) -> Grid:
