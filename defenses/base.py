@@ -22,7 +22,9 @@ Meaning of :attr:`AggregationInfo.weights` across rules
   output coordinates that received any contribution; these sum to 1. When several clients
   send the same value (e.g. the zeros of sparse embedding updates), the share goes to whichever
   of the tied clients the sort or selection returns, so only the values, not these shares, are
-  permutation invariant on tied data.
+  permutation invariant on tied data. (The median and the trimmed mean decide an item row that
+  few clients touched without sorting, and credit its zeros' holders equally; see
+  :func:`defenses.coordinate.columnwise`.)
 
 Updates are assumed finite (the engine should reject NaN/inf updates before aggregation).
 

@@ -110,8 +110,8 @@ def coordinate_trimmed_mean(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return total / (n - 2 * k), shares
 
 
-def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tensor]]
-               ) -> tuple[Tensor, Tensor, int]:
+def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tensor]],
+               ranks: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, int]:
     """Apply a column rule to one stacked parameter.
 
     Parameters
@@ -123,6 +123,14 @@ def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tenso
         shares count once per untouched column. Memory ``O(n * U * row_dim)``.
     fn : Callable
         ``fn(cols [n, N]) -> (values [N], shares float64[n] summed over the columns)``.
+    ranks : tuple[int, int], optional
+        For an order-statistic rule (median, trimmed mean): the 0-based ascending ranks
+        ``lo..hi`` its value is built from. A :class:`RowSparse` row touched by at most
+        ``min(lo, n - 1 - hi)`` clients then has zeros at every one of those ranks in each of its
+        columns, so its value is exactly 0 and the rule is not run on it (most item rows of a
+        round; see :func:`skip_zero_rows`). A dense table (a parameter with rows: two or more
+        dimensions per client) is taken by its rows as well, so dense and row-sparse stacks of
+        the same updates give the same values and the same shares.
 
     Returns
     -------
@@ -133,28 +141,79 @@ def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tenso
     cols : int
         Number of columns.
     """
+    if ranks is not None and not isinstance(x, RowSparse) and x.dim() >= 3:
+        x = RowSparse.from_dense(x)
     if not isinstance(x, RowSparse):
         n = x.shape[0]
         value, s = fn(x.reshape(n, -1))
         return value.reshape(x.shape[1:]), s, value.numel()
+    s = torch.zeros(x.n, dtype=torch.float64)
+    dropped = 0
+    if ranks is not None:
+        x, s, dropped = skip_zero_rows(x, min(ranks[0], x.n - 1 - ranks[1]))
     uids, vals = x.compact()
-    value, s = fn(vals.reshape(x.n, -1))
-    untouched = (x.n_rows - uids.numel()) * x.row_dim
+    value, s_touched = fn(vals.reshape(x.n, -1))
+    s = s + s_touched
+    untouched = (x.n_rows - uids.numel() - dropped) * x.row_dim
     out = torch.zeros((x.n_rows, *x.row_shape), dtype=value.dtype)
-    if untouched:
+    if untouched and ranks is None:
         zero_value, zero_shares = fn(torch.zeros(x.n, 1, dtype=x.dtype))
         s = s + zero_shares * untouched
         out.fill_(float(zero_value[0]))
+    elif untouched:  # value 0; each client is one of the zeros: equal shares
+        s = s + untouched / x.n
     out[uids] = value.reshape(uids.numel(), *x.row_shape)
     return out, s, x.n_rows * x.row_dim
 
 
-def _per_param(stacked: Stacked, fn) -> tuple[dict[str, Tensor], Tensor, int]:
+def skip_zero_rows(x: RowSparse, max_touches: int) -> tuple[RowSparse, Tensor, int]:
+    """Drop the rows touched by at most ``max_touches`` clients (their rule value is 0).
+
+    Parameters
+    ----------
+    x : RowSparse
+        ``[n, n_rows, *row_shape]``.
+    max_touches : int
+        Rows touched by this many clients or fewer are dropped.
+
+    Returns
+    -------
+    rest : RowSparse
+        ``x`` without the dropped rows' entries.
+    shares : Tensor
+        ``float64[n]``: the dropped rows' shares. In each of their columns the clients that did
+        not touch the row hold the zeros the rule keeps, and share the column equally
+        (``1 / (n - touches)`` each).
+    dropped : int
+        Number of rows dropped.
+    """
+    uids, inv = x.touched_union()
+    touches = torch.bincount(inv, minlength=uids.numel())
+    dropped = touches <= max_touches
+    shares = torch.zeros(x.n, dtype=torch.float64)
+    if not bool(dropped.any()):
+        return x, shares, 0
+    credit = x.row_dim / (x.n - touches[dropped]).to(torch.float64)
+    entry_dropped = dropped[inv]
+    # every client gets each dropped row's credit, less the rows it touched
+    shares += float(credit.sum())
+    row_credit = torch.zeros(uids.numel(), dtype=torch.float64)
+    row_credit[dropped] = credit
+    shares.index_add_(0, x.clients[entry_dropped], -row_credit[inv[entry_dropped]])
+    shares.clamp_(min=0.0)
+    keep = ~entry_dropped
+    # a subset of sorted, non-zero entries stays sorted and non-zero
+    rest = RowSparse(x.clients[keep], x.ids[keep], x.rows[keep], x.n, x.n_rows)
+    return rest, shares, int(dropped.sum())
+
+
+def _per_param(stacked: Stacked, fn, ranks: tuple[int, int] | None = None
+               ) -> tuple[dict[str, Tensor], Tensor, int]:
     out: dict[str, Tensor] = {}
     shares: Tensor | None = None
     cols = 0
     for key, x in stacked.items():
-        out[key], s, c = columnwise(x, fn)
+        out[key], s, c = columnwise(x, fn, ranks)
         shares = s if shares is None else shares + s
         cols += c
     assert shares is not None
@@ -170,7 +229,8 @@ class Median(Defense):
     def _aggregate(
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
     ) -> tuple[dict[str, Tensor], AggregationInfo]:
-        out, shares, cols = _per_param(stacked, coordinate_median)
+        n = weights.shape[0]
+        out, shares, cols = _per_param(stacked, coordinate_median, ((n - 1) // 2, n // 2))
         return out, AggregationInfo(all_kept(weights.shape[0]), shares / cols, {})
 
 
@@ -197,5 +257,6 @@ class TrimmedMean(Defense):
     ) -> tuple[dict[str, Tensor], AggregationInfo]:
         n = weights.shape[0]
         k = trim_count(self.beta, n)
-        out, shares, cols = _per_param(stacked, lambda x: coordinate_trimmed_mean(x, k))
+        out, shares, cols = _per_param(stacked, lambda x: coordinate_trimmed_mean(x, k),
+                                       (k, n - 1 - k))
         return out, AggregationInfo(all_kept(n), shares / cols, {"trimmed_per_side": float(k)})

@@ -257,6 +257,43 @@ def test_median_and_trimmed_mean_match_numpy():
             np.testing.assert_allclose(out["p"].numpy(), ref, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("n", [7, 8, 40])
+def test_median_and_trimmed_mean_of_a_sparse_table_match_numpy_and_credit_the_zeros(n):
+    """Item rows touched by few clients are decided without sorting (their rule value is 0):
+    the values are numpy's on the dense table, and such a row's columns credit the clients that
+    did not touch it equally."""
+    from fedrec.rowsparse import RowSparse
+
+    gen = torch.Generator().manual_seed(n)
+    rows, d = 30, 3
+    x = torch.zeros(n, rows, d, dtype=torch.float64)
+    touches = torch.randint(0, n + 1, (rows,), generator=gen)  # 0 .. n clients per row
+    touches[0], touches[1] = 1, n  # a row one client touched, a row every client touched
+    for r in range(rows):
+        who = torch.randperm(n, generator=gen)[: int(touches[r])]
+        x[who, r] = torch.randn(len(who), d, generator=gen, dtype=torch.float64) + 0.5
+    for name, params, k in [("median", {}, None), ("trimmed_mean", {"beta": 0.2}, int(0.2 * n))]:
+        for stack in (x, RowSparse.from_dense(x)):
+            out, info = build_defense(name, params)({"items": stack}, torch.ones(n))
+            xs = np.sort(x.numpy(), axis=0)
+            ref = np.median(x.numpy(), axis=0) if k is None else xs[k: n - k].mean(axis=0)
+            np.testing.assert_allclose(out["items"].numpy(), ref, rtol=1e-12, atol=1e-15)
+            assert float(info.weights.sum()) == pytest.approx(1.0, rel=1e-12)
+        # row 0 (one client touched it) is decided by the count: its toucher gets no share of
+        # it, the other n - 1 clients 1/(n - 1) of each of its d columns
+        lo, hi = (((n - 1) // 2, n // 2) if k is None else (k, n - 1 - k))
+        if 1 <= min(lo, n - 1 - hi):
+            one = torch.zeros(n, rows, d, dtype=torch.float64)
+            one[:, 0] = x[:, 0]
+            _, info = build_defense(name, params)({"items": RowSparse.from_dense(one)},
+                                                   torch.ones(n))
+            who = int(torch.nonzero(x[:, 0, 0]).reshape(-1)[0])
+            # the other 29 untouched rows credit every client 1/n of each column
+            expect = torch.full((n,), (d / (n - 1) + 29 * d / n) / (rows * d), dtype=torch.float64)
+            expect[who] = 29 * d / n / (rows * d)
+            torch.testing.assert_close(info.weights, expect, rtol=1e-12, atol=1e-15)
+
+
 def test_bulyan_matches_reference_loop():
     gen = torch.Generator().manual_seed(6)
     n, f = 12, 2
