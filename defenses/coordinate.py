@@ -34,7 +34,9 @@ __all__ = [
     "columnwise",
     "coordinate_median",
     "coordinate_trimmed_mean",
+    "skip_zero_rows",
     "trim_count",
+    "zero_upto_for_ranks",
 ]
 
 
@@ -111,7 +113,7 @@ def coordinate_trimmed_mean(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tensor]],
-               ranks: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, int]:
+               zero_upto: int | None = None) -> tuple[Tensor, Tensor, int]:
     """Apply a column rule to one stacked parameter.
 
     Parameters
@@ -123,14 +125,13 @@ def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tenso
         shares count once per untouched column. Memory ``O(n * U * row_dim)``.
     fn : Callable
         ``fn(cols [n, N]) -> (values [N], shares float64[n] summed over the columns)``.
-    ranks : tuple[int, int], optional
-        For an order-statistic rule (median, trimmed mean): the 0-based ascending ranks
-        ``lo..hi`` its value is built from. A :class:`RowSparse` row touched by at most
-        ``min(lo, n - 1 - hi)`` clients then has zeros at every one of those ranks in each of its
-        columns, so its value is exactly 0 and the rule is not run on it (most item rows of a
-        round; see :func:`skip_zero_rows`). A dense table (a parameter with rows: two or more
-        dimensions per client) is taken by its rows as well, so dense and row-sparse stacks of
-        the same updates give the same values and the same shares.
+    zero_upto : int, optional
+        For a rule whose value is exactly 0 on a column with at most this many non-zero values
+        (see :func:`zero_upto_for_ranks`): a :class:`RowSparse` row touched by at most
+        ``zero_upto`` clients gets 0 without running the rule (most item rows of a round; see
+        :func:`skip_zero_rows`). A dense table (a parameter with rows: two or more dimensions
+        per client) is then taken by its rows as well, so dense and row-sparse stacks of the
+        same updates give the same values and the same shares.
 
     Returns
     -------
@@ -141,7 +142,7 @@ def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tenso
     cols : int
         Number of columns.
     """
-    if ranks is not None and not isinstance(x, RowSparse) and x.dim() >= 3:
+    if zero_upto is not None and not isinstance(x, RowSparse) and x.dim() >= 3:
         x = RowSparse.from_dense(x)
     if not isinstance(x, RowSparse):
         n = x.shape[0]
@@ -149,14 +150,14 @@ def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tenso
         return value.reshape(x.shape[1:]), s, value.numel()
     s = torch.zeros(x.n, dtype=torch.float64)
     dropped = 0
-    if ranks is not None:
-        x, s, dropped = skip_zero_rows(x, min(ranks[0], x.n - 1 - ranks[1]))
+    if zero_upto is not None:
+        x, s, dropped = skip_zero_rows(x, zero_upto)
     uids, vals = x.compact()
     value, s_touched = fn(vals.reshape(x.n, -1))
     s = s + s_touched
     untouched = (x.n_rows - uids.numel() - dropped) * x.row_dim
     out = torch.zeros((x.n_rows, *x.row_shape), dtype=value.dtype)
-    if untouched and ranks is None:
+    if untouched and zero_upto is None:
         zero_value, zero_shares = fn(torch.zeros(x.n, 1, dtype=x.dtype))
         s = s + zero_shares * untouched
         out.fill_(float(zero_value[0]))
@@ -164,6 +165,15 @@ def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tenso
         s = s + untouched / x.n
     out[uids] = value.reshape(uids.numel(), *x.row_shape)
     return out, s, x.n_rows * x.row_dim
+
+
+def zero_upto_for_ranks(n: int, lo: int, hi: int) -> int:
+    """Non-zero values a column of ``n`` may hold while its sorted values of 0-based ranks
+    ``lo..hi`` are all zero, whatever their signs: ``min(lo, n - 1 - hi)``.
+
+    A rule built from those ranks (the median, the trimmed mean) is then exactly 0 there.
+    """
+    return min(lo, n - 1 - hi)
 
 
 def skip_zero_rows(x: RowSparse, max_touches: int) -> tuple[RowSparse, Tensor, int]:
@@ -207,13 +217,13 @@ def skip_zero_rows(x: RowSparse, max_touches: int) -> tuple[RowSparse, Tensor, i
     return rest, shares, int(dropped.sum())
 
 
-def _per_param(stacked: Stacked, fn, ranks: tuple[int, int] | None = None
+def _per_param(stacked: Stacked, fn, zero_upto: int | None = None
                ) -> tuple[dict[str, Tensor], Tensor, int]:
     out: dict[str, Tensor] = {}
     shares: Tensor | None = None
     cols = 0
     for key, x in stacked.items():
-        out[key], s, c = columnwise(x, fn, ranks)
+        out[key], s, c = columnwise(x, fn, zero_upto)
         shares = s if shares is None else shares + s
         cols += c
     assert shares is not None
@@ -230,7 +240,8 @@ class Median(Defense):
         self, stacked: Stacked, weights: Tensor, ctx: AggregationContext
     ) -> tuple[dict[str, Tensor], AggregationInfo]:
         n = weights.shape[0]
-        out, shares, cols = _per_param(stacked, coordinate_median, ((n - 1) // 2, n // 2))
+        out, shares, cols = _per_param(stacked, coordinate_median,
+                                       zero_upto_for_ranks(n, (n - 1) // 2, n // 2))
         return out, AggregationInfo(all_kept(weights.shape[0]), shares / cols, {})
 
 
@@ -258,5 +269,5 @@ class TrimmedMean(Defense):
         n = weights.shape[0]
         k = trim_count(self.beta, n)
         out, shares, cols = _per_param(stacked, lambda x: coordinate_trimmed_mean(x, k),
-                                       (k, n - 1 - k))
+                                       zero_upto_for_ranks(n, k, n - 1 - k))
         return out, AggregationInfo(all_kept(n), shares / cols, {"trimmed_per_side": float(k)})

@@ -35,7 +35,7 @@ from fedrec.errors import ConfigError
 from fedrec.rowsparse import RowSparse
 
 from .base import AggregationContext, AggregationInfo, Defense, Stacked, check_n_dependent
-from .coordinate import columnwise, coordinate_median
+from .coordinate import columnwise, coordinate_median, zero_upto_for_ranks
 from .linalg import combine, gram, pairwise_sq_dists, sq_dists_from_gram
 
 __all__ = [
@@ -263,7 +263,11 @@ class Bulyan(Defense):
         cols = 0
         for key, x in stacked.items():
             xs = x.select(sel) if isinstance(x, RowSparse) else x[sel]
-            out[key], s, c = columnwise(xs, lambda cols_: bulyan_coordinate(cols_, beta))
+            # a column with at most 2f non-zeros among the theta has its median at 0 and at least
+            # beta zeros, the closest values to it: its value is 0
+            out[key], s, c = columnwise(xs, lambda cols_: bulyan_coordinate(cols_, beta),
+                                        min(2 * f, zero_upto_for_ranks(theta, (theta - 1) // 2,
+                                                                       theta // 2)))
             shares_sel += s
             cols += c
         shares = torch.zeros(n, dtype=torch.float64)

@@ -258,7 +258,7 @@ def test_median_and_trimmed_mean_match_numpy():
 
 
 @pytest.mark.parametrize("n", [7, 8, 40])
-def test_median_and_trimmed_mean_of_a_sparse_table_match_numpy_and_credit_the_zeros(n):
+def test_order_statistic_rules_on_a_sparse_table_match_numpy_and_credit_the_zeros(n):
     """Item rows touched by few clients are decided without sorting (their rule value is 0):
     the values are numpy's on the dense table, and such a row's columns credit the clients that
     did not touch it equally."""
@@ -292,6 +292,13 @@ def test_median_and_trimmed_mean_of_a_sparse_table_match_numpy_and_credit_the_ze
             expect = torch.full((n,), (d / (n - 1) + 29 * d / n) / (rows * d), dtype=torch.float64)
             expect[who] = 29 * d / n / (rows * d)
             torch.testing.assert_close(info.weights, expect, rtol=1e-12, atol=1e-15)
+    # Bulyan (f=1): rows touched by at most 2f of the selected clients are decided by the count;
+    # the same updates as a flat [n, rows * d] stack (no rows, every column sorted) agree
+    flat, _ = build_defense("bulyan", {"f": 1})({"items": x.reshape(n, -1)}, torch.ones(n))
+    for stack in (x, RowSparse.from_dense(x)):
+        out, _ = build_defense("bulyan", {"f": 1})({"items": stack}, torch.ones(n))
+        torch.testing.assert_close(out["items"].reshape(-1), flat["items"], rtol=1e-12,
+                                   atol=1e-15)
 
 
 def test_bulyan_matches_reference_loop():
