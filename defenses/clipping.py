@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from fedrec.errors import ConfigError
+from fedrec.rowsparse import RowSparse
 
 from .base import AggregationContext, AggregationInfo, Defense, Stacked
 from .linalg import client_sq_norms, combine
@@ -106,11 +107,18 @@ def centered_clip_step(
     n = next(iter(stacked.values())).shape[0]
     sq = torch.zeros(n, dtype=torch.float64)
     for k, x in stacked.items():
+        if isinstance(x, RowSparse):
+            # |x_i - v|^2 = |x_i|^2 - 2 <x_i, v> + |v|^2 (float64): no dense [n, rows] difference
+            v = center[k].to(torch.float64)
+            sq += x.sq_norms()
+            if bool(v.any()):
+                sq += float(v.pow(2).sum()) - 2.0 * x.dots(v)
+            continue
         c = center[k].reshape(1, -1).to(x.dtype)
         flat = x.reshape(n, -1)
         diff = flat if not bool(c.any()) else flat - c  # no copy while the centre is zero
         sq += torch.linalg.vector_norm(diff, dim=1).double().pow(2)
-    scale = clip_scales(sq, tau)
+    scale = clip_scales(sq.clamp_(min=0.0), tau)
     moved = combine(stacked, scale / n)
     keep = 1.0 - float(scale.mean())
     new_center = {
@@ -134,6 +142,7 @@ class CenteredClipping(Defense):
     """
 
     name = "centered_clipping"
+    sparse_rows = True
     homogeneous = False  # fixed radius tau
     idempotent = False
 
