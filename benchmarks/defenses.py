@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/defenses.py                 # all rules, table on stdout
     python benchmarks/defenses.py --rules median,krum --repeats 5
+    python benchmarks/defenses.py --item-rows     # item table as touched rows
 """
 
 from __future__ import annotations
@@ -92,9 +93,13 @@ def _param_shapes() -> tuple[dict[str, tuple[int, ...]], str, str]:
         return shapes, "item_emb.weight", "hard-coded SASRec shapes"
 
 
-def make_workload(seed: int = 0):
-    """Stacked updates, example counts and context of the benchmark round."""
+def make_workload(seed: int = 0, item_rows: bool = False):
+    """Stacked updates, example counts and context of the benchmark round (the item table as
+    a :class:`fedrec.rowsparse.RowSparse` stack of touched rows with ``item_rows``, as the
+    engine sends it under ``federation.item_updates: sparse``)."""
     import torch
+
+    from fedrec.rowsparse import RowSparse
 
     from defenses import AggregationContext
 
@@ -121,6 +126,8 @@ def make_workload(seed: int = 0):
         root_update={k: v[:8].mean(dim=0) for k, v in stacked.items()},
         client_ids=torch.arange(n),
     )
+    if item_rows:
+        stacked[item_key] = RowSparse.from_dense(stacked[item_key])
     return stacked, weights, ctx
 
 
@@ -135,7 +142,7 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def _worker(label: str, repeats: int) -> None:
+def _worker(label: str, repeats: int, item_rows: bool) -> None:
     import gc
 
     import torch
@@ -143,7 +150,7 @@ def _worker(label: str, repeats: int) -> None:
     from defenses import build_defense
 
     name, params = RULES[label]
-    stacked, weights, ctx = make_workload()
+    stacked, weights, ctx = make_workload(item_rows=item_rows)
     rule = build_defense(name, params)
     gc.collect()
     with open("/proc/self/clear_refs", "w") as fh:
@@ -157,7 +164,8 @@ def _worker(label: str, repeats: int) -> None:
         if i > 0:
             times.append(dt)
     peak = status_kib("VmHWM")
-    input_mib = sum(v.numel() * v.element_size() for v in stacked.values()) / 2**20
+    input_mib = sum(v.rows.numel() * v.rows.element_size() if hasattr(v, "rows")
+                    else v.numel() * v.element_size() for v in stacked.values()) / 2**20
     print(json.dumps({
         "label": label,
         "ms": 1000 * statistics.median(times),
@@ -175,10 +183,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rules", default="", help="comma-separated labels (default: all)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per rule (median)")
+    ap.add_argument("--item-rows", action="store_true",
+                    help="send the item table as touched rows (item_updates: sparse)")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        _worker(args.worker, args.repeats)
+        _worker(args.worker, args.repeats, args.item_rows)
         return
     labels = [r for r in args.rules.split(",") if r] or list(RULES)
     unknown = [r for r in labels if r not in RULES]
@@ -186,14 +196,15 @@ def main() -> None:
         sys.exit(f"--rules: unknown {unknown}; valid: {', '.join(RULES)}")
     _, _, source = _param_shapes()
     print(f"# {N_CLIENTS} clients, SASRec ml-1m shapes ({source}), "
-          f"{ROWS_PER_CLIENT} item rows per client, median of {args.repeats} calls")
+          f"{ROWS_PER_CLIENT} item rows per client"
+          f"{' sent as touched rows' if args.item_rows else ''}, median of {args.repeats} calls")
     print(f"# cpu: {_cpu_model()}, {os.cpu_count()} cores; load average at start: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     rows = []
     for label in labels:
         proc = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--worker", label,
-             "--repeats", str(args.repeats)],
+             "--repeats", str(args.repeats)] + (["--item-rows"] if args.item_rows else []),
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
