@@ -136,21 +136,21 @@ def bench(
         cells = spec.cells()
         if not cells:
             raise FedRecError(f"{spec.source}: the grid has no cells")
-        if only:
-            cells = select_cells(cells, only)
-            if not cells:
-                raise FedRecError(f"{spec.source}: no cell has {' and '.join(only)}")
+        chosen = select_cells(cells, only) if only else cells
+        if not chosen:
+            raise FedRecError(f"{spec.source}: no cell has {' and '.join(only or [])}")
         folder = out or Path(str(spec.base.get("output_dir", "runs"))) / spec.name
         if dry_run:
-            for c in cells:
+            for c in chosen:
                 state = "finished" if (cell_dir(folder, c.cell_id) / "summary.json").is_file() else "to run"
                 typer.echo(f"{c.cell_id}  [{state}]")
-            typer.echo(f"{len(cells)} cells -> {folder / 'cells'}")
+            typer.echo(f"{len(chosen)} cells -> {folder / 'cells'}")
             return
         try:
             outcome = run_grid(spec, cells, folder, address=ray_address, max_parallel=max_parallel,
                                cpus_per_cell=cpus_per_cell, verbose=verbose,
-                               progress=progress and sys.stderr.isatty())
+                               progress=progress and sys.stderr.isatty(),
+                               run_only=chosen if only else None)
         except KeyboardInterrupt:
             typer.echo("interrupted: re-run the same command to resume (finished cells are kept)",
                        err=True)

@@ -195,6 +195,8 @@ def test_cli_bench_inline_report_and_dry_run(tmp_path):
                               "federation.epochs=1", "--only", "seed=1", "--no-report"])
     assert res.exit_code == 0, res.output
     assert "1 cells: 1 run, 0 already finished, 0 failed" in res.output
+    # the folder still records the whole grid, so its table and report cover every cell
+    assert len(json.loads((tmp_path / "o" / "cells.json").read_text())["cells"]) == 2
     res = runner.invoke(app, ["bench", str(grid_file), "--only", "seed=3", "--dry-run"])
     assert res.exit_code == 2 and "no cell has seed=3" in res.output
     res = runner.invoke(app, ["bench", str(grid_file), "--out", str(tmp_path / "o"),

@@ -307,8 +307,10 @@ def run_grid(
     cpus_per_cell: float = 1.0,
     verbose: bool = False,
     progress: bool = True,
+    run_only: list[Cell] | None = None,
 ) -> BenchOutcome:
-    """Run every unfinished cell of ``cells`` into ``<out>/cells/``.
+    """Run every unfinished cell of ``cells`` (or of the slice ``run_only``) into
+    ``<out>/cells/``.
 
     Parameters
     ----------
@@ -329,6 +331,9 @@ def run_grid(
         Show Ray's logs and the workers' output.
     progress : bool
         Show the grid's progress bar.
+    run_only : list of Cell, optional
+        Run only these cells (a slice of ``cells``, e.g. ``fedrec bench --only``); ``cells``
+        is still what ``<out>/cells.json`` records, so the table and report cover the grid.
 
     Raises
     ------
@@ -351,6 +356,7 @@ def run_grid(
             check_ray_address(address)
     with bench_lock(out):
         write_cells_file(grid, cells, out)
+        cells = cells if run_only is None else run_only
         todo = [c for c in cells if not (cell_dir(out, c.cell_id) / "summary.json").is_file()]
         skipped = len(cells) - len(todo)
         failed: list[tuple[str, str]] = []
