@@ -130,7 +130,7 @@ def test_feature_loss_touches_only_masked_positions():
     touched = (recon.grad.abs().sum(-1) > 0).tolist()
     assert touched == [[False, True, False, True], [False, False, True, True]]
     want = ((recon[0, [1, 3]] - tgt[0]) ** 2).sum() + ((recon[1, [2, 3]] - tgt[1]) ** 2).sum()
-    assert float(loss) == pytest.approx(float(want) / 12, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(want.detach()) / 12, rel=1e-6)
     exact = recon.detach().clone()
     exact[0, [1, 3]], exact[1, [2, 3]] = tgt[0], tgt[1]
     assert float(feature_loss(exact, pos, tgt)) == 0.0
