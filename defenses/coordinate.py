@@ -27,6 +27,7 @@ from fedrec.errors import ConfigError
 from fedrec.rowsparse import RowSparse
 
 from .base import AggregationContext, AggregationInfo, Defense, Stacked, all_kept
+from .linalg import touched_rows
 
 __all__ = [
     "Median",
@@ -145,10 +146,9 @@ def columnwise(x: Tensor | RowSparse, fn: Callable[[Tensor], tuple[Tensor, Tenso
     if zero_upto is not None and not isinstance(x, RowSparse) and x.dim() >= 3:
         # rows: [n, rows, row_dim]; worth taking apart only when some row can be skipped (an
         # item table; not a dense weight matrix, whose rows every client touches)
-        touched = x.reshape(x.shape[0], x.shape[1], -1).ne(0).any(dim=2)
+        touched = touched_rows(x)
         if bool((touched.sum(dim=0) <= zero_upto).any()):
-            clients, ids = touched.nonzero(as_tuple=True)  # row-major: sorted by (client, id)
-            x = RowSparse(clients, ids, x[clients, ids], x.shape[0], x.shape[1])
+            x = RowSparse.from_dense(x, touched)
     if not isinstance(x, RowSparse):
         n = x.shape[0]
         value, s = fn(x.reshape(n, -1))

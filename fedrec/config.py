@@ -567,22 +567,23 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str, flag: str = "--set",
+                   example: str = "model.hidden=64") -> tuple[list[str], Any]:
     """Parse ``a.b.c=value`` (value parsed as YAML) into a key path and a value.
 
     A value that is not valid YAML is kept as a string; one that repeats a mapping key is an
-    error.
+    error. ``flag`` and ``example`` name the option in the error messages.
     """
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. model.hidden=64")
+        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE, e.g. {example}")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: malformed key {key!r}")
+        raise ConfigError(f"{flag} {text!r}: malformed key {key!r}")
     try:
         value = parse_yaml(raw) if raw.strip() else ""
     except yaml.constructor.ConstructorError as exc:
-        raise ConfigError(f"--set {text!r}: {exc.problem}") from None
+        raise ConfigError(f"{flag} {text!r}: {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

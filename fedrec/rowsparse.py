@@ -121,15 +121,17 @@ class RowSparse:
         return cls(clients[order], ids[order], rows[order], int(n), int(n_rows))
 
     @classmethod
-    def from_dense(cls, x: Tensor) -> RowSparse:
-        """The row-sparse form of a dense stack ``[n, n_rows, *row_shape]``."""
+    def from_dense(cls, x: Tensor, touched: Tensor | None = None) -> RowSparse:
+        """The row-sparse form of a dense stack ``[n, n_rows, *row_shape]``; ``touched``
+        (``bool[n, n_rows]``, optional) is its already computed mask of non-zero rows."""
         if x.dim() < 2:
             raise ValueError(
                 f"RowSparse.from_dense: expected [n, n_rows, ...], got {tuple(x.shape)}")
         n, n_rows = x.shape[:2]
-        flat = x.reshape(n, n_rows, int(torch.Size(x.shape[2:]).numel()))
-        l1 = torch.linalg.vector_norm(flat, ord=1, dim=2)
-        touched = (l1 > 0) | torch.isnan(l1)
+        if touched is None:
+            flat = x.reshape(n, n_rows, int(torch.Size(x.shape[2:]).numel()))
+            l1 = torch.linalg.vector_norm(flat, ord=1, dim=2)
+            touched = (l1 > 0) | torch.isnan(l1)
         clients, ids = torch.nonzero(touched, as_tuple=True)  # row-major: sorted by (client, id)
         return cls(clients, ids, x[clients, ids].clone(), int(n), int(n_rows))
 

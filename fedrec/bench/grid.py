@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fedrec.config import (
@@ -50,7 +49,7 @@ from fedrec.config import (
     apply_overrides,
     check_component_name,
     check_finite,
-    parse_yaml,
+    parse_override,
     read_yaml,
     set_key_path,
     validate_config,
@@ -583,15 +582,8 @@ def select_cells(cells: list[Cell], only: list[str]) -> list[Cell]:
     """
     wanted: list[tuple[str, Any]] = []
     for text in only:
-        if "=" not in text:
-            raise ConfigError(f"--only {text!r}: expected KEY=VALUE, e.g. seed=0 or defense.name=krum")
-        key, raw = text.split("=", 1)
-        key = check_key(key.strip(), f"--only {text!r}")
-        try:
-            value = parse_yaml(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        wanted.append((key, value))
+        path, value = parse_override(text, "--only", "seed=0 or defense.name=krum")
+        wanted.append((check_key(".".join(path), f"--only {text!r}"), value))
     return [c for c in cells
             if all(canonical(config_value(c, k)) == canonical(v) for k, v in wanted)]
 
